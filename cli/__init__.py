@@ -1,0 +1,1 @@
+"""The `cmt-gen` command line, installed as `cmt_gen.cli`: thin Typer commands over the library."""

@@ -1,0 +1,64 @@
+"""Entry point of `cmt-gen`: one Typer app; every user mistake exits 2 with one line.
+
+Command modules import torch only inside the commands that need it, so
+`cmt-gen --help`, `validate`, `list`, `schema` and `check --counter analytic`
+start fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from cmt_gen.errors import CmtGenError
+
+app = typer.Typer(
+    name="cmt-gen",
+    help="Spec-driven CMT backbones: build, count, check, profile and design.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("spec_commands", "check_command", "profile_command", "design_commands"):
+        try:
+            module = importlib.import_module(f"cmt_gen.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"cmt_gen.cli.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; the project's errors exit 2 with one line, usage errors too."""
+    try:
+        app(args=argv, prog_name="cmt-gen")
+    except CmtGenError as exc:
+        _print_error(str(exc))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        sys.exit(130)
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    from cmt_gen.cli.common import err_console
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    main()

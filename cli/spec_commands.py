@@ -1,0 +1,131 @@
+"""`build`, `validate`, `list` and `schema`: specs in, tables and models out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cmt_gen.cli.common import SET_HELP, console, emit_json, fmt_count
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)
+    app.command("validate")(validate)
+    app.command("list")(list_specs)
+    app.command("schema")(schema)
+
+
+def build(
+    spec: str = typer.Argument(..., help="Bundled spec name (cmt_s) or path to a YAML spec."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    weights: Path = typer.Option(None, "--weights", help="Checkpoint to load strictly (ours or the released layout)."),
+    output: Path = typer.Option(None, "--output", "-o", help="Save the weights (.pt, or .safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of tables."),
+) -> None:
+    """Validate, build, print the stage table, run one forward pass, optionally save weights."""
+    from cmt_gen.build_job import check_output_path, run_build
+    from cmt_gen.spec_io import load_spec
+    from cmt_gen.summary import summarize
+
+    resolved = load_spec(spec, overrides)
+    check_output_path(output)
+    summary = summarize(resolved)
+    if not as_json:
+        print_stage_table(summary)
+    result = run_build(resolved, weights=weights, output=output)
+    if result.params != summary.cost.params:  # the two descriptions must never drift
+        raise RuntimeError(f"built model has {result.params} parameters, analytic count {summary.cost.params}")
+    if as_json:
+        emit_json({**summary.as_dict(), "built_params": result.params,
+                   "output_shape": list(result.output_shape), "forward_seconds": result.forward_seconds,
+                   "weights": result.weights_loaded, "saved_to": result.saved_to})
+        return
+    console.print(
+        f"built [bold]{resolved.name}[/]: {result.params:,} parameters "
+        f"(analytic count agrees), {summary.cost.macs / 1e9:.3f} GMACs at {resolved.resolution}x{resolved.resolution}"
+    )
+    if result.weights_loaded:
+        console.print(f"loaded weights strictly from {result.weights_loaded}")
+    console.print(f"forward pass on a dummy batch: output {tuple(result.output_shape)} "
+                  f"in {result.forward_seconds * 1000:.0f} ms")
+    if result.saved_to:
+        console.print(f"saved weights to {result.saved_to}")
+
+
+def print_stage_table(summary) -> None:
+    spec = summary.spec
+    table = Table(title=f"{spec.name} at {spec.resolution}x{spec.resolution}", title_justify="left")
+    for column in ("part", "feature", "tokens", "K/V tokens", "channels", "depth", "heads", "reduction",
+                   "params", "MACs"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for row in summary.rows:
+        is_stage = row.part.startswith("stage")
+        table.add_row(
+            row.part, f"{row.height}x{row.width}",
+            f"{row.tokens:,}" if is_stage else "-", f"{row.kv_tokens:,}" if is_stage else "-",
+            str(row.channels), str(row.depth), str(row.heads) if is_stage else "-",
+            str(row.reduction) if is_stage else "-", f"{row.params:,}", fmt_count(row.macs),
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", "", str(sum(s.depth for s in spec.stages)), "", "",
+                  f"{summary.cost.params:,}", fmt_count(summary.cost.macs))
+    console.print(table)
+    console.print("MACs = multiply-accumulates of convolutions, linear layers and attention matmuls "
+                  "(what Table 2 calls FLOPs).")
+
+
+def validate(
+    specs: list[str] = typer.Argument(..., help="Spec names or YAML paths."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+) -> None:
+    """Check specs against the schema and the design rules (no torch needed)."""
+    from cmt_gen.spec_io import load_spec
+
+    for source in specs:
+        resolved = load_spec(source, overrides)
+        console.print(f"[green]ok[/] {source}: {resolved.name}, {len(resolved.stages)} stages, "
+                      f"{resolved.resolution}x{resolved.resolution}")
+
+
+def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Bundled specs with the paper's Table 2 figures and our analytic counts."""
+    from cmt_gen.complexity import analytic_cost
+    from cmt_gen.spec_io import bundled_names, load_spec
+
+    records = []
+    for name in bundled_names():
+        spec = load_spec(name)
+        cost = analytic_cost(spec)
+        ref = spec.reference
+        records.append({
+            "name": name, "resolution": spec.resolution, "params": cost.params, "macs": cost.macs,
+            "paper_params": ref.params if ref else None, "paper_macs": ref.macs if ref else None,
+            "paper_top1": ref.top1 if ref else None, "paper_throughput": ref.throughput if ref else None,
+            "description": spec.description,
+        })
+    if as_json:
+        emit_json(records)
+        return
+    table = Table(title="Bundled specs (paper = CMT Table 2)", title_justify="left")
+    for column in ("name", "resolution", "params", "paper params", "MACs", "paper FLOPs (MACs)",
+                   "paper top-1", "paper img/s"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    for r in records:
+        table.add_row(r["name"], str(r["resolution"]), fmt_count(r["params"]), r["paper_params"] or "-",
+                      fmt_count(r["macs"]), r["paper_macs"] or "-",
+                      f"{r['paper_top1']}%" if r["paper_top1"] else "-",
+                      str(r["paper_throughput"] or "-"))
+    console.print(table)
+
+
+def schema(output: Path = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout.")) -> None:
+    """JSON Schema of the spec format, for editor completion."""
+    from cmt_gen.spec import CMTSpec
+
+    payload = CMTSpec.model_json_schema()
+    payload["properties"]["extends"] = {
+        "type": "string", "description": "Bundled spec name or path this spec starts from.",
+    }
+    emit_json(payload, output)

@@ -1,0 +1,41 @@
+"""cmt-gen: CMT architectures from YAML specs, with exact costs, profiles and design tools.
+
+Names are imported lazily so that `import cmt_gen` (and the CLI's light
+commands) never pull in torch unless a torch-backed function is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_spec": "cmt_gen.spec_io",
+    "CMTSpec": "cmt_gen.spec",
+    "CmtGenError": "cmt_gen.errors",
+    "SpecError": "cmt_gen.errors",
+    "build_model": "cmt_gen.builder",
+    "convert_official_state_dict": "cmt_gen.convert",
+    "load_checkpoint": "cmt_gen.convert",
+    "analytic_cost": "cmt_gen.complexity",
+    "measured_cost": "cmt_gen.measured",
+    "check_budget": "cmt_gen.budget",
+    "profile_model": "cmt_gen.profiler",
+    "scale_spec": "cmt_gen.design",
+    "design_specs": "cmt_gen.design",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cmt_gen' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,84 @@
+"""What `cmt-gen build` does beyond the table: build, load weights, prove a forward pass, save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmt_gen.errors import CmtGenError
+from cmt_gen.spec import CMTSpec
+
+SAVE_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class BuildResult:
+    params: int
+    output_shape: tuple[int, ...]
+    forward_seconds: float
+    weights_loaded: str | None
+    saved_to: str | None
+
+
+def check_output_path(output: str | Path | None) -> Path | None:
+    """Fail before any work if the output cannot be written."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix not in SAVE_SUFFIXES:
+        raise CmtGenError(f"weights are saved as {', '.join(SAVE_SUFFIXES)}, not {path.suffix or 'no suffix'}",
+                          source=str(path))
+    if not path.parent.is_dir():
+        raise CmtGenError("output folder does not exist", source=str(path))
+    return path
+
+
+def save_weights(model, path: Path) -> None:
+    """Atomically write a state dict as .pt or .safetensors."""
+    import os
+    import tempfile
+
+    import torch
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise CmtGenError("saving .safetensors needs the extra: pip install 'cmt-gen[safetensors]'",
+                                  source=str(path)) from None
+            save_file(state, tmp)
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
+              batch: int = 2) -> BuildResult:
+    import torch
+
+    from cmt_gen.builder import build_model, count_parameters
+    from cmt_gen.convert import load_checkpoint
+
+    out_path = check_output_path(output)
+    model = build_model(spec)
+    if weights is not None:
+        load_checkpoint(model, weights)
+    model.eval()
+    x = torch.randn(batch, spec.in_channels, spec.resolution, spec.resolution)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        y = model(x)
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(y).all():
+        raise CmtGenError("the forward pass produced non-finite values", source=spec.name)
+    if out_path is not None:
+        save_weights(model, out_path)
+    return BuildResult(count_parameters(model), tuple(y.shape), seconds,
+                       str(weights) if weights else None, str(out_path) if out_path else None)

@@ -1,0 +1,154 @@
+"""Released CMT checkpoints: key conversion and strict, safe loading.
+
+The authors' `cmt.py` names its four stages `blocks_a..d`, `patch_embed_a..d`
+and `relative_pos_a..d`; ours are `stages.{i}.*`. The mapping is a table of
+regular expressions, so one reads it as the layout diff it is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cmt_gen.errors import CheckpointError
+
+_STAGE = {"a": 0, "b": 1, "c": 2, "d": 3}
+
+# (official pattern, ours); `{s}` is filled with the stage index of the letter.
+_RULES: list[tuple[str, str]] = [
+    (r"^relative_pos_([a-d])$", "stages.{s}.position_bias"),
+    (r"^stem_conv([1-3])\.(weight|bias)$", "stem.{n}.conv.{0}"),
+    (r"^stem_norm([1-3])\.(.+)$", "stem.{n}.norm.{0}"),
+    (r"^patch_embed_([a-d])\.proj\.(.+)$", "stages.{s}.downsample.conv.{0}"),
+    (r"^patch_embed_([a-d])\.norm\.(.+)$", "stages.{s}.downsample.norm.{0}"),
+    (r"^blocks_([a-d])\.(\d+)\.proj\.(.+)$", "stages.{s}.blocks.{0}.lpu.conv.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.(norm1|norm2)\.(.+)$", "stages.{s}.blocks.{0}.{1}.{2}"),
+    (r"^blocks_([a-d])\.(\d+)\.attn\.(q|k|v|proj)\.(.+)$", "stages.{s}.blocks.{0}.attn.{1}.{2}"),
+    (r"^blocks_([a-d])\.(\d+)\.attn\.sr\.0\.(.+)$", "stages.{s}.blocks.{0}.attn.reduce.conv.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.attn\.sr\.1\.(.+)$", "stages.{s}.blocks.{0}.attn.reduce.norm.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv1\.0\.(.+)$", "stages.{s}.blocks.{0}.ffn.expand.conv.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv1\.2\.(.+)$", "stages.{s}.blocks.{0}.ffn.expand.norm.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.proj\.(.+)$", "stages.{s}.blocks.{0}.ffn.local.conv.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.proj_bn\.(.+)$", "stages.{s}.blocks.{0}.ffn.local.norm.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv2\.0\.(.+)$", "stages.{s}.blocks.{0}.ffn.project.conv.{1}"),
+    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv2\.1\.(.+)$", "stages.{s}.blocks.{0}.ffn.project.norm.{1}"),
+    (r"^_fc\.(.+)$", "head.conv.{0}"),
+    (r"^_bn\.(.+)$", "head.norm.{0}"),
+    (r"^head\.(weight|bias)$", "head.fc.{0}"),
+]
+_COMPILED = [(re.compile(p), t) for p, t in _RULES]
+
+
+def convert_official_key(key: str) -> str:
+    """Our name for one key of a released checkpoint; raises CheckpointError if unknown."""
+    for pattern, template in _COMPILED:
+        match = pattern.match(key)
+        if not match:
+            continue
+        groups = list(match.groups())
+        fields: dict[str, object] = {}
+        if template.startswith("stages.{s}"):
+            fields["s"] = _STAGE[groups.pop(0)]
+        elif template.startswith("stem.{n}"):
+            fields["n"] = int(groups.pop(0)) - 1
+        return template.format(*groups, **fields)
+    raise CheckpointError(f"key {key!r} is not part of the released CMT layout")
+
+
+def is_official_layout(state_dict: Mapping[str, object]) -> bool:
+    return any(k.startswith(("blocks_a.", "patch_embed_a.", "stem_conv1.")) for k in state_dict)
+
+
+def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a released checkpoint's keys (`blocks_a.0.attn.sr.0.weight`, ...) to ours."""
+    unknown = []
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        try:
+            converted[convert_official_key(key)] = value
+        except CheckpointError:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"{len(unknown)} keys are not part of the released CMT layout: {_preview(unknown)}"
+        )
+    return converted
+
+
+def _preview(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def unwrap_checkpoint(obj: object) -> Mapping[str, torch.Tensor]:
+    """Released and training checkpoints nest the weights under 'model' or 'state_dict'."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "model_ema"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError("the file holds no state dict (a mapping of names to tensors)")
+
+
+def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """Read a `.pt`/`.pth` (weights only: a pickle that runs code is refused) or `.safetensors`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("no such file", source=str(path))
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise CheckpointError("reading .safetensors needs the extra: pip install 'cmt-gen[safetensors]'",
+                                  source=str(path)) from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"not a readable safetensors file ({exc})", source=str(path)) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"refused or unreadable as a weights-only checkpoint ({first[:200]})", source=str(path)
+        ) from None
+    try:
+        return unwrap_checkpoint(obj)
+    except CheckpointError as exc:
+        raise CheckpointError(exc.rule, source=str(path)) from None
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           source: str | None = None) -> None:
+    """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once."""
+    if is_official_layout(state_dict):
+        state_dict = convert_official_state_dict(state_dict)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        lines = []
+        if missing:
+            lines.append(f"missing {len(missing)}: {_preview(missing)}")
+        if unexpected:
+            lines.append(f"unexpected {len(unexpected)}: {_preview(unexpected)}")
+        if shapes:
+            lines.append(f"wrong shape {len(shapes)}: {_preview(shapes, 4)}")
+        raise CheckpointError("checkpoint does not fit the spec's model; " + "; ".join(lines), source=source)
+    model.load_state_dict(state_dict, strict=True)
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Read a checkpoint (ours or the released layout) and load it strictly into `model`."""
+    load_state_dict_strict(model, read_checkpoint(path), source=str(path))

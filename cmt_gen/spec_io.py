@@ -1,0 +1,405 @@
+"""Reading, merging and writing specs: YAML files, bundled names, `extends` and `--set`.
+
+Everything that can go wrong here is a user mistake, so every failure is a
+`SpecError` naming the file, the field path and the rule.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from cmt_gen.errors import CmtGenError, SpecError
+from cmt_gen.spec import CMTSpec, _DesignRuleError
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_YAML_NODES = 20_000
+MAX_EXTENDS_DEPTH = 16
+
+# Fields whose change leaves parameters and MACs as they are: a spec changed only
+# here still describes the paper's network, so its reference figures stay.
+COST_NEUTRAL_FIELDS = {
+    "name", "description", "provenance", "reference", "budget", "drop_path",
+    "head.dropout", "block.attention", "extends",
+}
+
+
+# ---------------------------------------------------------------- bundled specs
+
+def bundled_dir() -> Path:
+    """The folder of bundled specs, in a checkout or an installed wheel."""
+    try:
+        from importlib.resources import files
+
+        candidate = Path(str(files("cmt_gen.specs")))
+        if candidate.is_dir() and any(candidate.glob("*.yaml")):
+            return candidate
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "specs"
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
+
+
+def _bundled_path(name: str) -> Path | None:
+    key = name.strip().lower().replace("-", "_")
+    path = bundled_dir() / f"{key}.yaml"
+    return path if path.is_file() else None
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.endswith((".yaml", ".yml", ".json")) or os.sep in source or "/" in source
+
+
+# ---------------------------------------------------------------- YAML reading
+
+class _GuardedLoader(yaml.SafeLoader):
+    """Safe loader that refuses duplicate keys (a silent typo otherwise)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                duplicate = False
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            try:
+                seen.add(key)
+            except TypeError:
+                pass
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], budget: int) -> int:
+    """Nodes the document has once aliases are expanded, stopping early past budget."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = budget + 1  # a cycle counts as too large
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            size += _expanded_size(child, memo, budget)
+            if size > budget:
+                break
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            size += _expanded_size(key, memo, budget) + _expanded_size(value, memo, budget)
+            if size > budget:
+                break
+    memo[id(node)] = size
+    return size
+
+
+def parse_yaml_text(text: str, origin: str) -> Any:
+    """Parse one YAML document safely: no code, no alias bombs, no duplicate keys."""
+    if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
+        raise SpecError(f"file is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines", source=origin)
+    loader = _GuardedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise SpecError(
+                f"YAML expands to more than {MAX_YAML_NODES} nodes through aliases "
+                "(an alias bomb?); write the spec out plainly",
+                source=origin,
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{origin}:{mark.line + 1}:{mark.column + 1}" if mark else origin
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(f"YAML syntax error: {problem}", source=where) from None
+    except RecursionError:
+        raise SpecError("YAML nests too deeply", source=origin) from None
+    finally:
+        loader.dispose()
+
+
+def read_yaml_file(path: Path) -> Any:
+    origin = str(path)
+    if not path.exists():
+        raise SpecError("no such file", source=origin)
+    if not path.is_file():
+        raise SpecError("not a file", source=origin)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror}", source=origin) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError("not UTF-8 text; a spec is a YAML file", source=origin) from None
+    return parse_yaml_text(text, origin)
+
+
+# ---------------------------------------------------------------- merging
+
+def _merge(base: Any, override: Any, where: str, origin: str) -> Any:
+    """Deep merge: mappings merge, a mapping of indices merges into a list, else replace."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            path = f"{where}.{key}" if where else str(key)
+            merged[key] = _merge(base[key], value, path, origin) if key in base else copy.deepcopy(value)
+        return merged
+    if isinstance(base, list) and isinstance(override, dict):
+        merged_list = list(base)
+        for key, value in override.items():
+            index = _list_index(key, len(base), f"{where}.{key}", origin)
+            merged_list[index] = _merge(base[index], value, f"{where}.{index}", origin)
+        return merged_list
+    return copy.deepcopy(override)
+
+
+def _list_index(key: Any, length: int, where: str, origin: str) -> int:
+    try:
+        index = int(key)
+    except (TypeError, ValueError):
+        raise SpecError(f"a list is indexed by a number, got {key!r}", source=origin, field=where) from None
+    if not -length <= index < length:
+        raise SpecError(
+            f"index {index} is out of range: the list has {length} items (0..{length - 1})",
+            source=origin, field=where,
+        )
+    return index % length
+
+
+def _leaf_paths(data: Any, prefix: str = "") -> list[str]:
+    if isinstance(data, dict) and data:
+        paths: list[str] = []
+        for key, value in data.items():
+            paths += _leaf_paths(value, f"{prefix}.{key}" if prefix else str(key))
+        return paths
+    return [prefix]
+
+
+def affects_cost(path: str) -> bool:
+    """Whether changing this dotted field may change parameters or MACs."""
+    return not any(path == f or path.startswith(f + ".") for f in COST_NEUTRAL_FIELDS)
+
+
+# ---------------------------------------------------------------- overrides
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`stages.2.depth=18` -> (["stages", "2", "depth"], 18); the value is read as YAML."""
+    origin = f"--set {text}"
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError("an override is written key.path=value, e.g. stages.2.depth=18", source=origin)
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise SpecError(f"{key!r} has an empty path component", source=origin)
+    value = parse_yaml_text(raw, origin) if raw.strip() else ""
+    return parts, value
+
+
+def apply_override(data: dict, parts: list[str], value: Any, origin: str) -> dict:
+    """Set one dotted path in a raw spec dict, creating mappings; lists are indexed."""
+    data = copy.deepcopy(data)
+    node: Any = data
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[: depth + 1])
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            index = _list_index(part, len(node), where, origin)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            parent = ".".join(parts[:depth]) or "(top)"
+            raise SpecError(f"{parent} is a {type(node).__name__}, not a mapping or list", source=origin, field=where)
+    return data
+
+
+# ---------------------------------------------------------------- resolution
+
+def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """Read a spec source into a plain dict with `extends` resolved; returns (data, origin)."""
+    if isinstance(source, Mapping):
+        data, origin, base_dir = dict(source), "<dict>", Path.cwd()
+    else:
+        text = str(source)
+        path = Path(text)
+        bundled = None if _looks_like_path(text) or path.is_file() else _bundled_path(text)
+        if bundled is None and not path.exists() and not _looks_like_path(text):
+            hint = difflib.get_close_matches(text.lower().replace("-", "_"), bundled_names(), n=1)
+            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise SpecError(
+                f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})",
+                source=text,
+            )
+        path = bundled or path
+        origin = str(source) if bundled is None else f"{text} ({path.name})"
+        data, base_dir = read_yaml_file(path), path.resolve().parent
+        if path.resolve().as_posix() in chain:
+            raise SpecError(f"extends itself through {' -> '.join(chain)}", source=origin, field="extends")
+        chain = (*chain, path.resolve().as_posix())
+    if data is None:
+        raise SpecError("empty spec: expected a mapping with name, resolution, stem and stages", source=origin)
+    if not isinstance(data, dict):
+        raise SpecError(f"a spec is a mapping of fields, got a {type(data).__name__}", source=origin)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data, origin
+    if not isinstance(parent, str):
+        raise SpecError("extends names a bundled spec or a path", source=origin, field="extends")
+    if len(chain) > MAX_EXTENDS_DEPTH:
+        raise SpecError(f"extends chain deeper than {MAX_EXTENDS_DEPTH}", source=origin, field="extends")
+    parent_path = base_dir / parent
+    parent_source: str | Path = parent_path if _looks_like_path(parent) or parent_path.is_file() else parent
+    base, _ = _raw_from_source(parent_source, chain)
+    merged = _merge(base, data, "", origin)
+    changed = [p for p in _leaf_paths(data) if affects_cost(p)]
+    if changed and "reference" not in data:
+        merged.pop("reference", None)
+    merged["provenance"] = [f"extends {parent}", *data.get("provenance", [])] if "provenance" in data else [
+        *base.get("provenance", []),
+        f"extends {parent}",
+    ]
+    return merged, origin
+
+
+def load_spec(
+    source: str | Path | Mapping,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+) -> CMTSpec:
+    """Load a spec from a bundled name, a YAML path or a dict, then apply overrides.
+
+    Overrides are `key.path=value` strings (as on the command line) or a mapping
+    of dotted paths to values. Changing anything that affects cost drops the
+    inherited paper reference, since the result is no longer the paper's model.
+    """
+    data, origin = _raw_from_source(source)
+    items: list[tuple[list[str], Any, str]] = []
+    if isinstance(overrides, Mapping):
+        items = [(str(k).split("."), v, f"override {k}") for k, v in overrides.items()]
+    elif overrides:
+        for text in overrides:
+            parts, value = parse_override(text)
+            items.append((parts, value, f"--set {text}"))
+    applied: list[str] = []
+    for parts, value, label in items:
+        data = apply_override(data, parts, value, f"{origin} ({label})")
+        applied.append(".".join(parts))
+    if applied:
+        if any(affects_cost(p) for p in applied) and not any(p.startswith("reference") for p in applied):
+            data.pop("reference", None)
+        data["provenance"] = [*data.get("provenance", []), "overrides: " + ", ".join(
+            lbl.removeprefix("--set ").removeprefix("override ") for _, _, lbl in items
+        )]
+    return validate_spec(data, origin)
+
+
+def validate_spec(data: dict, origin: str) -> CMTSpec:
+    """Validate a raw dict into a `CMTSpec`, turning pydantic's report into a SpecError."""
+    try:
+        return CMTSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors(include_url=False)]
+    if len(problems) == 1:
+        field, rule = problems[0]
+        raise SpecError(rule, source=origin, field=field or None)
+    lines = "\n".join(f"  {f or '(top)'}: {r}" for f, r in problems)
+    raise SpecError(f"{len(problems)} problems:\n{lines}", source=origin)
+
+
+def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in err.get("loc", ())]
+    field = ".".join(loc)
+    kind = err.get("type", "")
+    inner = (err.get("ctx") or {}).get("error")
+    if isinstance(inner, _DesignRuleError):
+        return inner.field, inner.rule
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        known = sorted(model.model_fields) if model else []
+        hint = difflib.get_close_matches(loc[-1], known, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        return field, f"unknown key {loc[-1]!r}{suggestion} (allowed: {', '.join(known)})"
+    if kind == "missing":
+        return field, "required field is missing"
+    message = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if "input" in err and kind not in {"model_type", "dict_type"}:
+        message += f" (got {_short(err['input'])})"
+    return field, message
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    """The pydantic model that sits at a location such as ['stages', '2']."""
+    import typing
+
+    model: Any = CMTSpec
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *typing.get_args(annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+# ---------------------------------------------------------------- writing
+
+def spec_to_dict(spec: CMTSpec) -> dict:
+    """Plain data of a spec, in schema order, without unset optional sections."""
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def spec_to_yaml(spec: CMTSpec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None, width=100)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write through a temporary file in the same folder, then rename: never half a file."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise CmtGenError("output folder does not exist", source=str(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
