@@ -24,6 +24,21 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cmt_gen import __version__
+
+        typer.echo(f"cmt-gen {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Spec-driven CMT backbones: build, count, check, profile and design."""
+
+
 def _register() -> None:
     import importlib
 

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+
 def _console(stderr: bool = False) -> Console:
     """Rich console; when piped (no terminal) it is wide enough for full tables."""
     probe = Console(stderr=stderr)

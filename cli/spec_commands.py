@@ -23,6 +23,7 @@ def build(
     weights: Path = typer.Option(None, "--weights", help="Checkpoint to load strictly (ours or the released layout)."),
     output: Path = typer.Option(None, "--output", "-o", help="Save the weights (.pt, or .safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of tables."),
+    force: bool = typer.Option(False, "--force", help="Build even when the estimated memory exceeds what is free."),
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.build_job import check_output_path, run_build
@@ -34,7 +35,7 @@ def build(
     summary = summarize(resolved)
     if not as_json:
         print_stage_table(summary)
-    result = run_build(resolved, weights=weights, output=output)
+    result = run_build(resolved, weights=weights, output=output, force=force)
     if result.params != summary.cost.params:  # the two descriptions must never drift
         raise RuntimeError(f"built model has {result.params} parameters, analytic count {summary.cost.params}")
     if as_json:

@@ -41,7 +41,12 @@ def save_weights(model, path: Path) -> None:
 
     import torch
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from cmt_gen.spec_io import default_file_mode
+
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
     os.close(fd)
     try:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -54,13 +59,21 @@ def save_weights(model, path: Path) -> None:
             save_file(state, tmp)
         else:
             torch.save(state, tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp made it private (0600)
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, folder made read-only meanwhile, ...
+        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 
 
 def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
-              batch: int = 2) -> BuildResult:
+              batch: int = 2, force: bool = False) -> BuildResult:
+    """Build, load, run one forward pass on a dummy batch, save; refuses what would not fit in memory."""
+    from cmt_gen.memory_guard import check_fits
+
+    check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it",
+               alternative="lower the resolution or the widths, or pass --force", field="build", force=force)
     import torch
 
     from cmt_gen.builder import build_model, count_parameters

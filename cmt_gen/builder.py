@@ -7,7 +7,6 @@ layers never read the spec themselves.
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
@@ -21,7 +20,7 @@ def stage_arguments(spec: CMTSpec) -> list[dict]:
     total = sum(s.depth for s in spec.stages)
     rates = [spec.drop_path * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
     args, c_in, start = [], spec.stem.channels, 0
-    for stage, grid in zip(spec.stages, spec.stage_sizes()):
+    for stage, grid in zip(spec.stages, spec.stage_sizes(), strict=True):
         args.append(dict(
             c_in=c_in, dim=stage.channels, depth=stage.depth, heads=stage.heads,
             reduction=stage.reduction, hidden=stage.hidden, qkv_bias=spec.qkv_bias,
@@ -96,8 +95,13 @@ class CMT(nn.Module):
         if indices is None:
             wanted = list(range(n))
         elif isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices={indices}: an int takes the last 1..{n} stages")
             wanted = list(range(n - indices, n))
         else:
+            outside = [i for i in indices if not -n <= i < n]
+            if outside or not indices:  # i % n would quietly pick another stage
+                raise ValueError(f"stage indices {list(indices)} must be in -{n}..{n - 1} and not empty")
             wanted = [i % n for i in indices]
         self._check_input(x)
         x = self.stem(x)

@@ -8,6 +8,7 @@ regular expressions, so one reads it as the layout diff it is.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -112,16 +113,30 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"not a readable safetensors file ({exc})", source=str(path)) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols even on files it refuses
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"refused or unreadable as a weights-only checkpoint ({first[:200]})", source=str(path)
-        ) from None
+        raise CheckpointError(_load_failure(exc), source=str(path)) from None
     try:
         return unwrap_checkpoint(obj)
     except CheckpointError as exc:
         raise CheckpointError(exc.rule, source=str(path)) from None
+
+
+# The line of torch's refusal that says what the pickle asked for (a global, an opcode).
+_REFUSAL = re.compile(r"(Unsupported [^\n]*?|Trying to load unsupported GLOBAL [^\n]*?)(?:\.(?=\s|$)|\n|$)")
+
+
+def _load_failure(exc: Exception) -> str:
+    """torch's reason in one line, without its advice to retry with weights_only=False."""
+    text = str(exc).strip()
+    if text.startswith("Weights only load failed"):
+        found = _REFUSAL.search(text)
+        detail = found.group(1).strip() if found else "it holds more than tensors"
+        return f"refused: not a weights-only checkpoint ({detail[:200]}); nothing in it was run"
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return f"unreadable as a checkpoint ({first[:200]})"
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 from cmt_gen.quantity import parse_quantity, printed_interval
 
@@ -24,6 +24,11 @@ def _printed(value: object) -> str:
 
 
 PrintedQuantity = Annotated[str, BeforeValidator(_printed)]
+
+# Strict scalars: YAML's `true` must not become 1, nor 224.5 become 224.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
 class _Strict(BaseModel):
@@ -54,15 +59,15 @@ class PositionBias(str, Enum):
 
 
 class StemSpec(_Strict):
-    channels: int = Field(gt=0, description="Channels s of the three 3x3 stem convolutions.")
+    channels: Int = Field(gt=0, description="Channels s of the three 3x3 stem convolutions.")
 
 
 class StageSpec(_Strict):
-    channels: int = Field(gt=0, description="Channels C_i of the stage.")
-    depth: int = Field(gt=0, description="Number of CMT blocks.")
-    heads: int = Field(gt=0, description="Attention heads; must divide channels.")
-    reduction: int = Field(gt=0, description="K/V spatial reduction ratio k (1 = none).")
-    expansion: float = Field(gt=0, description="IRFFN expansion ratio E; hidden = floor(C * E).")
+    channels: Int = Field(gt=0, description="Channels C_i of the stage.")
+    depth: Int = Field(gt=0, description="Number of CMT blocks.")
+    heads: Int = Field(gt=0, description="Attention heads; must divide channels.")
+    reduction: Int = Field(gt=0, description="K/V spatial reduction ratio k (1 = none).")
+    expansion: Float = Field(gt=0, description="IRFFN expansion ratio E; hidden = floor(C * E).")
 
     @property
     def hidden(self) -> int:
@@ -70,13 +75,13 @@ class StageSpec(_Strict):
 
 
 class HeadSpec(_Strict):
-    fc_channels: int = Field(1280, gt=0, description="Channels of the 1x1 conv before pooling.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    fc_channels: Int = Field(1280, gt=0, description="Channels of the 1x1 conv before pooling.")
+    dropout: Float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
 
 
 class BlockOptions(_Strict):
     attention: AttentionImpl = AttentionImpl.fused
-    lpu: bool = Field(True, description="Local perception unit (depthwise 3x3 + residual).")
+    lpu: Bool = Field(True, description="Local perception unit (depthwise 3x3 + residual).")
     reduction_kind: ReductionKind = ReductionKind.dwconv_bn
     position_bias: PositionBias = PositionBias.stage
 
@@ -86,10 +91,10 @@ class Reference(_Strict):
 
     params: PrintedQuantity | None = Field(None, description="Parameters as printed, e.g. 25.1M.")
     macs: PrintedQuantity | None = Field(None, description="Table 2 '# FLOPs' as printed (multiply-accumulates).")
-    top1: float | None = Field(None, ge=0, le=100)
-    top5: float | None = Field(None, ge=0, le=100)
-    throughput: float | None = Field(None, ge=0, description="Images/s as printed in the paper.")
-    resolution: int | None = Field(None, gt=0)
+    top1: Float | None = Field(None, ge=0, le=100)
+    top5: Float | None = Field(None, ge=0, le=100)
+    throughput: Float | None = Field(None, ge=0, description="Images/s as printed in the paper.")
+    resolution: Int | None = Field(None, gt=0)
     source: str | None = None
 
     def interval(self, field: str) -> tuple[float, float] | None:
@@ -110,14 +115,14 @@ class CMTSpec(_Strict):
 
     name: str = Field(min_length=1)
     description: str = ""
-    resolution: int = Field(gt=0, description="Square input side the spec is built for.")
-    in_channels: int = Field(3, gt=0)
-    num_classes: int = Field(1000, ge=0, description="0 builds a model without classifier.")
+    resolution: Int = Field(gt=0, description="Square input side the spec is built for.")
+    in_channels: Int = Field(3, gt=0)
+    num_classes: Int = Field(1000, ge=0, description="0 builds a model without classifier.")
     stem: StemSpec
     stages: list[StageSpec] = Field(min_length=1)
     head: HeadSpec = HeadSpec()
-    drop_path: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
-    qkv_bias: bool = True
+    drop_path: Float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
+    qkv_bias: Bool = True
     block: BlockOptions = BlockOptions()
     reference: Reference | None = None
     provenance: list[str] = Field(default_factory=list)
@@ -167,7 +172,7 @@ def design_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, s
                 )
             )
             return problems
-    for i, (stage, (h, w)) in enumerate(zip(spec.stages, spec.stage_sizes(height, width))):
+    for i, (stage, (h, w)) in enumerate(zip(spec.stages, spec.stage_sizes(height, width), strict=True)):
         if stage.channels % stage.heads:
             problems.append(
                 (f"stages.{i}.heads", f"{stage.heads} heads do not divide {stage.channels} channels")
@@ -180,7 +185,12 @@ def design_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, s
                     f"{h}x{w} feature map (input {height}x{width})",
                 )
             )
-        if stage.hidden < 1:
+        try:
+            hidden = stage.hidden
+        except (OverflowError, ValueError):  # an infinite ratio, or channels too large for a float
+            problems.append((f"stages.{i}.expansion", "channels * expansion is not a finite number of hidden channels"))
+            continue
+        if hidden < 1:
             problems.append(
                 (f"stages.{i}.expansion", f"floor({stage.channels} * {stage.expansion}) is 0 hidden channels")
             )

@@ -6,6 +6,7 @@ Everything that can go wrong here is a user mistake, so every failure is a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import os
@@ -78,10 +79,8 @@ class _GuardedLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
                 )
-            try:
+            with contextlib.suppress(TypeError):  # an unhashable key; the constructor reports it
                 seen.add(key)
-            except TypeError:
-                pass
         return super().construct_mapping(node, deep=deep)
 
 
@@ -110,8 +109,9 @@ def parse_yaml_text(text: str, origin: str) -> Any:
     """Parse one YAML document safely: no code, no alias bombs, no duplicate keys."""
     if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
         raise SpecError(f"file is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines", source=origin)
-    loader = _GuardedLoader(text)
+    loader = None
     try:
+        loader = _GuardedLoader(text)  # its reader already refuses control characters
         node = loader.get_single_node()
         if node is None:
             return None
@@ -129,8 +129,12 @@ def parse_yaml_text(text: str, origin: str) -> Any:
         raise SpecError(f"YAML syntax error: {problem}", source=where) from None
     except RecursionError:
         raise SpecError("YAML nests too deeply", source=origin) from None
+    except (ValueError, OverflowError) as exc:  # a scalar's constructor: 2020-13-45, a 5000-digit int
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise SpecError(f"YAML value cannot be read: {reason}", source=origin) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml_file(path: Path) -> Any:
@@ -158,7 +162,10 @@ def _merge(base: Any, override: Any, where: str, origin: str) -> Any:
         merged = dict(base)
         for key, value in override.items():
             path = f"{where}.{key}" if where else str(key)
-            merged[key] = _merge(base[key], value, path, origin) if key in base else copy.deepcopy(value)
+            if key in base and path not in WHOLE_FIELDS:
+                merged[key] = _merge(base[key], value, path, origin)
+            else:
+                merged[key] = copy.deepcopy(value)
         return merged
     if isinstance(base, list) and isinstance(override, dict):
         merged_list = list(base)
@@ -171,9 +178,11 @@ def _merge(base: Any, override: Any, where: str, origin: str) -> Any:
 
 def _list_index(key: Any, length: int, where: str, origin: str) -> int:
     try:
+        if isinstance(key, bool) or not isinstance(key, (int, str)):
+            raise TypeError  # int(2.5) or int(True) would quietly pick another item
         index = int(key)
     except (TypeError, ValueError):
-        raise SpecError(f"a list is indexed by a number, got {key!r}", source=origin, field=where) from None
+        raise SpecError(f"a list is indexed by a whole number, got {key!r}", source=origin, field=where) from None
     if not -length <= index < length:
         raise SpecError(
             f"index {index} is out of range: the list has {length} items (0..{length - 1})",
@@ -191,6 +200,10 @@ def _leaf_paths(data: Any, prefix: str = "") -> list[str]:
     return [prefix]
 
 
+# Sections a child replaces whole: half of the paper's figures beside new ones would mislead.
+WHOLE_FIELDS = {"reference", "budget"}
+
+
 def affects_cost(path: str) -> bool:
     """Whether changing this dotted field may change parameters or MACs."""
     return not any(path == f or path.startswith(f + ".") for f in COST_NEUTRAL_FIELDS)
@@ -200,6 +213,8 @@ def affects_cost(path: str) -> bool:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`stages.2.depth=18` -> (["stages", "2", "depth"], 18); the value is read as YAML."""
+    if not isinstance(text, str):
+        raise SpecError(f"an override is a 'key.path=value' string, got {type(text).__name__}", source="--set")
     origin = f"--set {text}"
     key, sep, raw = text.partition("=")
     key = key.strip()
@@ -249,12 +264,7 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = ()) 
         path = Path(text)
         bundled = None if _looks_like_path(text) or path.is_file() else _bundled_path(text)
         if bundled is None and not path.exists() and not _looks_like_path(text):
-            hint = difflib.get_close_matches(text.lower().replace("-", "_"), bundled_names(), n=1)
-            suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise SpecError(
-                f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})",
-                source=text,
-            )
+            raise SpecError(_unknown_name_rule(text), source=text)
         path = bundled or path
         origin = str(source) if bundled is None else f"{text} ({path.name})"
         data, base_dir = read_yaml_file(path), path.resolve().parent
@@ -274,16 +284,51 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = ()) 
         raise SpecError(f"extends chain deeper than {MAX_EXTENDS_DEPTH}", source=origin, field="extends")
     parent_path = base_dir / parent
     parent_source: str | Path = parent_path if _looks_like_path(parent) or parent_path.is_file() else parent
+    # A base that cannot be found, or that closes a cycle, is this file's mistake: name this file.
+    if isinstance(parent_source, Path):
+        if not parent_path.is_file():
+            raise SpecError(f"base spec {parent!r} not found: no file {parent_path}", source=origin, field="extends")
+        if parent_path.resolve().as_posix() in chain:
+            cycle = [Path(p).name for p in (*chain, parent_path.resolve().as_posix())]
+            raise SpecError(f"cycle: {' -> '.join(cycle)}", source=origin, field="extends")
+    elif _bundled_path(parent) is None:
+        raise SpecError(_unknown_name_rule(parent), source=origin, field="extends")
     base, _ = _raw_from_source(parent_source, chain)
     merged = _merge(base, data, "", origin)
     changed = [p for p in _leaf_paths(data) if affects_cost(p)]
-    if changed and "reference" not in data:
-        merged.pop("reference", None)
-    merged["provenance"] = [f"extends {parent}", *data.get("provenance", [])] if "provenance" in data else [
-        *base.get("provenance", []),
-        f"extends {parent}",
-    ]
+    _mark_derived(merged, base, f"extends {parent}", changed, keeps_reference="reference" in data,
+                  own_notes=data.get("provenance", []))
     return merged, origin
+
+
+def _unknown_name_rule(text: str) -> str:
+    hint = difflib.get_close_matches(text.lower().replace("-", "_"), bundled_names(), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})"
+
+
+_DERIVATION_PREFIXES = ("extends ", "overrides: ")
+
+
+def _mark_derived(merged: dict, base: dict, note: str, changed: list[str], keeps_reference: bool,
+                  own_notes: list, keep_own: bool = False) -> None:
+    """Record a derivation in provenance; a cost change makes the base's reference and notes stale."""
+    if changed:
+        note += f" (changes cost: {', '.join(changed)})"
+        if not keeps_reference:
+            merged.pop("reference", None)
+    source = merged if keep_own else base
+    inherited = _note_list(source.get("provenance"))
+    if changed:  # the base's notes describe another network; its derivation history still holds
+        inherited = [n for n in inherited if isinstance(n, str) and n.startswith(_DERIVATION_PREFIXES)]
+    merged["provenance"] = [*inherited, note, *_note_list(own_notes)]
+
+
+def _note_list(value: Any) -> list:
+    """Provenance as a list; a stray scalar stays one item, for the schema to judge (never split a string)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list) else [value]
 
 
 def load_spec(
@@ -297,6 +342,8 @@ def load_spec(
     inherited paper reference, since the result is no longer the paper's model.
     """
     data, origin = _raw_from_source(source)
+    if isinstance(overrides, str):  # one override, not a sequence of one-letter ones
+        overrides = [overrides]
     items: list[tuple[list[str], Any, str]] = []
     if isinstance(overrides, Mapping):
         items = [(str(k).split("."), v, f"override {k}") for k, v in overrides.items()]
@@ -309,11 +356,12 @@ def load_spec(
         data = apply_override(data, parts, value, f"{origin} ({label})")
         applied.append(".".join(parts))
     if applied:
-        if any(affects_cost(p) for p in applied) and not any(p.startswith("reference") for p in applied):
-            data.pop("reference", None)
-        data["provenance"] = [*data.get("provenance", []), "overrides: " + ", ".join(
-            lbl.removeprefix("--set ").removeprefix("override ") for _, _, lbl in items
-        )]
+        changed = [p for p in applied if affects_cost(p)]
+        labels = ", ".join(lbl.removeprefix("--set ").removeprefix("override ") for _, _, lbl in items)
+        base = dict(data)
+        _mark_derived(data, base, f"overrides: {labels}", changed,
+                      keeps_reference=any(p.startswith("reference") for p in applied),
+                      own_notes=[], keep_own=True)
     return validate_spec(data, origin)
 
 
@@ -322,7 +370,10 @@ def validate_spec(data: dict, origin: str) -> CMTSpec:
     try:
         return CMTSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [_describe(err) for err in exc.errors(include_url=False)]
+        errors = exc.errors(include_url=False)
+    # A misspelt key also leaves the field it meant missing: report the typo (with its hint) once.
+    meant = {(*_loc(e)[:-1], _key_hint(_loc(e))[0]) for e in errors if e.get("type") == "extra_forbidden"}
+    problems = [_describe(e) for e in errors if not (e.get("type") == "missing" and tuple(_loc(e)) in meant)]
     if len(problems) == 1:
         field, rule = problems[0]
         raise SpecError(rule, source=origin, field=field or None)
@@ -330,18 +381,28 @@ def validate_spec(data: dict, origin: str) -> CMTSpec:
     raise SpecError(f"{len(problems)} problems:\n{lines}", source=origin)
 
 
+def _loc(err: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(p) for p in err.get("loc", ()))
+
+
+def _key_hint(loc: tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """The field an unknown key most likely meant (or None), and the keys allowed at its place."""
+    model = _model_at(list(loc[:-1]))
+    known = sorted(model.model_fields) if model else []
+    hint = difflib.get_close_matches(loc[-1], known, n=1) if loc else []
+    return (hint[0] if hint else None), known
+
+
 def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
-    loc = [str(p) for p in err.get("loc", ())]
+    loc = _loc(err)
     field = ".".join(loc)
     kind = err.get("type", "")
     inner = (err.get("ctx") or {}).get("error")
     if isinstance(inner, _DesignRuleError):
         return inner.field, inner.rule
     if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        known = sorted(model.model_fields) if model else []
-        hint = difflib.get_close_matches(loc[-1], known, n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+        hint, known = _key_hint(loc)
+        suggestion = f"; did you mean {hint!r}?" if hint else ""
         return field, f"unknown key {loc[-1]!r}{suggestion} (allowed: {', '.join(known)})"
     if kind == "missing":
         return field, "required field is missing"
@@ -352,7 +413,10 @@ def _describe(err: Mapping[str, Any]) -> tuple[str, str]:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        return f"a {type(value).__name__} too long to print"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -386,6 +450,13 @@ def spec_to_yaml(spec: CMTSpec) -> str:
     return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None, width=100)
 
 
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file under the current umask (0644 under 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write through a temporary file in the same folder, then rename: never half a file."""
     path = Path(path)
@@ -393,13 +464,20 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise CmtGenError("output folder does not exist", source=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), default_file_mode())  # mkstemp made it private (0600)
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, a folder where the file should go, ...
+        Path(tmp).unlink(missing_ok=True)
+        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

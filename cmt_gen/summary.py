@@ -41,7 +41,7 @@ def summarize(spec: CMTSpec) -> SpecSummary:
     stem, head = cost.part("stem"), cost.part("head")
     rows = [StageRow("stem", stem.height, stem.width, 0, 0, spec.stem.channels, 3, 0, 0, 0,
                      stem.params, stem.macs)]
-    for stage, part in zip(spec.stages, cost.stages):
+    for stage, part in zip(spec.stages, cost.stages, strict=True):
         h, w = part.height, part.width
         rows.append(StageRow(part.name, h, w, h * w, (h // stage.reduction) * (w // stage.reduction),
                              stage.channels, stage.depth, stage.heads, stage.reduction, stage.hidden,

@@ -1,0 +1,203 @@
+"""`profile`: images/s, latency, peak memory and achieved MAC/s of CMT variants (and timm peers) here.
+
+Everything the run needs is checked before the first model is built (specs,
+device, precision, timm, output folders), so mistakes exit 2 at once. torch
+is imported inside the command only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cmt_gen.cli.common import SET_HELP, console, err_console, fmt_count
+
+
+def register(app: typer.Typer) -> None:
+    app.command("profile")(profile)
+
+
+def profile(
+    specs: list[str] = typer.Argument(
+        None, help="Bundled spec names or YAML paths (default: every bundled variant); "
+                   "timm:<model>[@res] adds a peer, like --compare."),
+    device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA when present, else CPU), cpu, cuda, "
+                                                                "cuda:N or mps."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per call (default: by device, or "
+                                                                      "the protocol's; decays on out-of-memory)."),
+    precision: str = typer.Option(None, "--precision", help="fp32, fp16, bf16 or amp (default fp32, or the "
+                                                              "protocol's)."),
+    channels_last: bool = typer.Option(False, "--channels-last", help="Model and input in channels-last layout."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the model; compile time is "
+                                                                 "reported separately."),
+    compile_mode: str = typer.Option(None, "--compile-mode", help="torch.compile mode (implies --compile): "
+                                                                   "default, reduce-overhead, max-autotune, ..."),
+    mode: str = typer.Option("infer", "--mode", help="infer (eval, inference_mode) or train (forward, backward, "
+                                                     "AdamW step)."),
+    protocol: str = typer.Option(None, "--protocol", help="Paper presets: deit (largest batch that fits, fp32), "
+                                                          "swin (batch 64, fp32), timm (batch 256, AMP)."),
+    warmup: int = typer.Option(None, "--warmup", help="Untimed calls before timing (default: by device)."),
+    iters: int = typer.Option(None, "--iters", help="At least this many timed calls per repeat."),
+    min_time: float = typer.Option(None, "--min-time", help="At least this many seconds per repeat (more = "
+                                                            "more precise)."),
+    repeats: int = typer.Option(None, "--repeats", help="Timed repeats; images/s is their median."),
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads (CPU work)."),
+    compare: list[str] = typer.Option(None, "--compare", help="Peer(s) timed under the same settings: "
+                                                              "timm:swin_tiny_patch4_window7_224 (repeatable, "
+                                                              "or comma-separated)."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    json_path: Path = typer.Option(None, "--json", help="Write all records as JSON (atomically)."),
+    csv_path: Path = typer.Option(None, "--csv", help="Write one CSV row per model (atomically)."),
+    allow_slow_precision: bool = typer.Option(False, "--allow-slow-precision",
+                                              help="Measure fp16/bf16 even where the CPU only emulates it."),
+) -> None:
+    """Throughput (median of repeats), batch-1 latency p50/p90, peak memory and % of matmul peak."""
+    from cmt_gen.peers import is_peer
+    from cmt_gen.profile_output import check_output_path, write_outputs
+    from cmt_gen.profile_settings import resolve_settings
+    from cmt_gen.profiler import make_target
+    from cmt_gen.spec_io import bundled_names
+
+    args = list(specs or [])
+    # `--compare timm:a timm:b` leaves timm:b among the positional arguments: keep the written order.
+    peers = [p.strip() for item in compare or [] for p in item.split(",") if p.strip()]
+    peers += [a for a in args if is_peer(a)]
+    names = [a for a in args if not is_peer(a)] or bundled_names()
+    json_file = check_output_path(json_path, ".json")
+    csv_file = check_output_path(csv_path, ".csv")
+    settings = resolve_settings(
+        device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
+        compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,
+        min_time=min_time, repeats=repeats, threads=threads, protocol=protocol,
+        allow_slow_precision=allow_slow_precision,
+    )
+    targets = [make_target(name, overrides=overrides) for name in names]
+    for peer in peers:
+        if not peer.startswith("timm:"):
+            from cmt_gen.errors import CmtGenError
+
+            raise CmtGenError("a peer is written timm:<model name>[@<resolution>]", source=peer, field="compare")
+        targets.append(make_target(peer))
+
+    run = _run_with_progress(targets, settings)
+    print_run(run)
+    written = write_outputs(run, json_file, csv_file)
+    for path in written:
+        err_console.print(f"wrote {path}")
+    if run.interrupted:
+        err_console.print(f"[bold yellow]interrupted:[/] kept {len(run.results)} finished model(s) of "
+                          f"{len(targets)}")
+        raise typer.Exit(130)
+    if run.failed:
+        err_console.print(f"[bold red]{len(run.failed)} of {len(run.results)} model(s) failed[/]; "
+                          "the others were measured")
+        raise typer.Exit(1)
+
+
+def _run_with_progress(targets, settings):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from cmt_gen.profiler import run_profiles
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task("profiling", total=len(targets))
+
+        def phase(index: int, text: str) -> None:
+            label = targets[index].name if 0 <= index < len(targets) else "device"
+            bar.update(task, description=f"{label}: {text}")
+
+        return run_profiles(targets, settings, progress=phase, on_result=lambda _r: bar.advance(task))
+
+
+# ---------------------------------------------------------------- rendering
+
+def print_run(run) -> None:
+    s = run.settings
+    env = run.env
+    latency_label = "latency b1 p50/p90 ms" if s.mode == "infer" else "step p50/p90 ms"
+    title = (f"profile on {s.device} ({env.get('device_name')}), {s.precision}"
+             f"{' (' + s.compute_dtype + ')' if s.precision == 'amp' else ''}, {s.mode}"
+             f"{', protocol ' + s.protocol if s.protocol else ''}{', channels-last' if s.channels_last else ''}"
+             f"{', compiled' if s.compile else ''}")
+    table = Table(title=title, title_justify="left")
+    for column in ("model", "input", "batch", "img/s", "±", latency_label, "peak mem", "GMACs", "GMAC/s",
+                   "% peak", "compile s", "paper img/s", "note"):
+        table.add_column(column, justify="left" if column in ("model", "note") else "right")
+    for r in run.results:
+        if r.error:
+            table.add_row(r.name, f"{r.resolution}", "-", "-", "-", "-", "-", _g(r.macs_per_image), "-", "-", "-",
+                          _num(r.paper_throughput), f"[red]{_escape(r.error)}[/]")
+            continue
+        table.add_row(
+            r.name, f"{r.resolution}", str(r.batch_size), f"{r.images_per_s:,.1f}",
+            f"{r.spread * 100:.1f}%" if r.spread is not None else "-",
+            f"{r.latency_p50_ms:,.1f} / {r.latency_p90_ms:,.1f}" if r.latency_p50_ms is not None else "-",
+            fmt_count(r.peak_memory_bytes, "B") if r.peak_memory_bytes is not None else "-",
+            _g(r.macs_per_image),
+            f"{r.achieved_macs_per_s / 1e9:,.1f}" if r.achieved_macs_per_s else "-",
+            f"{r.fraction_of_peak * 100:.1f}%" if r.fraction_of_peak is not None else "-",
+            f"{r.compile_seconds:.1f}" if r.compile_seconds is not None else "-",
+            _num(r.paper_throughput), _escape("; ".join(r.notes)),
+        )
+    console.print(table)
+    _print_footer(run)
+    _print_ratios(run)
+
+
+def _print_footer(run) -> None:
+    s, env = run.settings, run.env
+    timing = (f"timing: warm-up {s.warmup} call(s); {s.repeats} repeats of >= {s.iters} call(s) and "
+              f">= {s.min_time:g} s; img/s = median, ± = half the min-max range")
+    console.print(timing)
+    if run.matmul_peak:
+        p = run.matmul_peak
+        console.print(f"matmul peak here: {p.macs_per_s / 1e9:,.1f} GMAC/s ({p.dtype} {p.size}x{p.size}, best of "
+                      f"{p.windows}); % peak = model MACs x img/s{' x 3 (train)' if s.mode == 'train' else ''} "
+                      "/ this")
+    methods = sorted({r.memory_method for r in run.results if r.memory_method})
+    if methods:
+        console.print("peak mem: " + "; ".join(methods))
+    load = env.get("load_average")
+    load_end = env.get("load_average_end")
+    console.print(
+        f"env: torch {env.get('torch')}, {env.get('device_name')}"
+        f"{' (' + str(env.get('cpu_capability')) + ')' if s.device_type == 'cpu' else ''}, "
+        f"threads {env.get('torch_threads')}, CUDA {env.get('cuda_runtime') or '-'}, Python {env.get('python')}"
+        + (f", load {load[0]} -> {load_end[0] if load_end else '?'}" if load else "")
+        + f"; {run.elapsed_s:.0f} s in all"
+    )
+    for warning in run.warnings:
+        console.print(f"[yellow]warning:[/] {_escape(warning)}")
+
+
+def _print_ratios(run) -> None:
+    from cmt_gen.peers import throughput_ratios
+
+    ratios = throughput_ratios(run.results)
+    if not ratios:
+        return
+    table = Table(title="throughput ratios, CMT / peer (paper: from Table 2's images/s)", title_justify="left")
+    for column in ("CMT", "peer", "paper", "measured here", "paper row"):
+        table.add_column(column, justify="left" if column in ("CMT", "peer", "paper row") else "right")
+    for r in ratios:
+        table.add_row(r.cmt, r.peer, f"{r.paper:.3f}" if r.paper else "-",
+                      f"{r.measured:.3f}" if r.measured else "-", r.paper_peer_row or "-")
+    console.print(table)
+
+
+def _g(macs: int | None) -> str:
+    return f"{macs / 1e9:.3f}" if macs else "-"
+
+
+def _num(value: float | None) -> str:
+    return f"{value:,.1f}" if value else "-"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
