@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json
+from cmt_gen.cli.common import SET_HELP, console, emit_json, family_order
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
              "CMT-S's paper/code parameter gap, are shown as such and pass unless --strict); 1 any over "
@@ -39,7 +39,7 @@ def check(
         raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="--counter")
     sources = list(specs or [])
     if all_specs:
-        sources += [n for n in _table_order(bundled_names()) if n not in sources]
+        sources += [n for n in family_order(bundled_names()) if n not in sources]
     if not sources:
         raise CmtGenError("name one or more specs, or pass --all for every bundled spec", source="check")
     results = check_budgets(sources, counter, overrides=overrides, force=force)
@@ -49,14 +49,6 @@ def check(
     else:
         _render(results, counter, code)
     raise typer.Exit(code)
-
-
-def _table_order(names: list[str]) -> list[str]:
-    """Bundled specs in Table 2's order (Ti, XS, S, B, L), then any others by name."""
-    from cmt_gen.table2 import cmt_rows
-
-    order = [r.spec for r in cmt_rows()]
-    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
 
 
 def _emit(results, counter: str, code: int) -> None:

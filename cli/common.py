@@ -45,3 +45,11 @@ def fmt_delta(ours: float, reference: float | None) -> str:
     if not reference:
         return "-"
     return f"{(ours - reference) / reference * 100:+.1f}%"
+
+
+def family_order(names: list[str]) -> list[str]:
+    """Bundled specs in Table 2's order (Ti, XS, S, B, L), then any others by name."""
+    from cmt_gen.table2 import cmt_rows
+
+    order = [r.spec for r in cmt_rows()]
+    return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, fmt_count
+from cmt_gen.cli.common import SET_HELP, console, emit_json, family_order, fmt_count
 
 
 def register(app: typer.Typer) -> None:
@@ -96,7 +96,7 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
     from cmt_gen.spec_io import bundled_names, load_spec
 
     records = []
-    for name in bundled_names():
+    for name in family_order(bundled_names()):
         spec = load_spec(name)
         cost = analytic_cost(spec)
         ref = spec.reference

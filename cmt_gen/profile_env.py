@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,44 @@ def load_average() -> list[float] | None:
         return None
 
 
+def cpu_busy_fraction(window_s: float = 0.25) -> float | None:
+    """Share of all cores busy with other work right now (we sleep meanwhile), from /proc/stat."""
+    stat = Path("/proc/stat")
+    if not stat.is_file():
+        return None
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return idle, sum(fields[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(window_s)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else max(0.0, 1.0 - (idle1 - idle0) / total)
+
+
 def busy_warning(device: str) -> str | None:
     """A warning when other work already loads the CPU: CPU timings are then slow and noisy."""
     if device.split(":")[0] != "cpu":
         return None
-    load = load_average()
     cores = os.cpu_count() or 1
-    if load is None or load[0] <= max(1.0, 0.75 * cores):
-        return None
-    return (f"the machine was already busy before the run (load {load[0]:.1f} on {cores} cores): CPU timings "
-            "are slowed and noisy; rerun on a quiet machine, or with --threads 1 to avoid threads waiting "
-            "on each other")
+    busy = cpu_busy_fraction()
+    if busy is not None:
+        if busy < 0.25:
+            return None
+        what = f"{busy * 100:.0f}% of its {cores} cores busy with other work"
+    else:
+        load = load_average()
+        if load is None or load[0] <= cores:
+            return None
+        what = f"load {load[0]:.1f} on {cores} cores"
+    return (f"the machine was busy before the run ({what}): CPU timings are slowed and noisy; rerun on a "
+            "quiet machine, or with --threads 1 to avoid threads waiting on each other")
 
 
 def fingerprint(device: str) -> dict[str, Any]:

@@ -26,16 +26,17 @@ class MatmulPeak:
 
 # Sizes start where kernels are efficient and grow while one product is quick, up to the cap.
 START_SIZE = {"cpu": 1024, "cuda": 4096, "mps": 2048}
-EFFICIENT_CALL_S = {"cpu": 0.02, "cuda": 0.002, "mps": 0.005}
+EFFICIENT_CALL_S = {"cpu": 0.05, "cuda": 0.002, "mps": 0.005}
 MAX_SIZE = {"cpu": 2048, "cuda": 8192, "mps": 4096}
 
 
-def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: float = 0.1,
+def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: float = 0.25,
                         windows: int = 5) -> MatmulPeak:
     """Best MAC/s of n x n matmuls in `dtype_name` on `device` over a few timed windows.
 
     The best window, not the median: the peak is what the device can do, and
-    other load on the machine only ever slows a window down.
+    other load on the machine (or a clock still ramping up) only ever slows a
+    window down. About two seconds on a CPU.
     """
     import torch
 

@@ -44,8 +44,10 @@ PROTOCOLS: dict[str, Protocol] = {
 class DeviceDefaults:
     """Budgets that keep a default run short on this kind of device while still warm and repeated.
 
-    On CPU a timed repeat is at least one batch and one second: all bundled CMT
-    variants then take about three minutes on two cores. `--min-time` buys precision.
+    On CPU a timed repeat is at least one batch and two seconds, and latency takes
+    at least ten batch-1 calls and two seconds: all five bundled CMT variants then
+    take about two minutes on a quiet 2-core machine (three when it is shared).
+    `--min-time` buys precision.
     """
 
     batch_size: int
@@ -60,8 +62,8 @@ class DeviceDefaults:
 
 
 DEVICE_DEFAULTS = {
-    "cpu": DeviceDefaults(batch_size=8, warmup=1, iters=1, min_time=1.0, repeats=3,
-                          latency_warmup=1, latency_samples=5, latency_time=1.0, latency_max_samples=100),
+    "cpu": DeviceDefaults(batch_size=8, warmup=1, iters=1, min_time=2.0, repeats=5,
+                          latency_warmup=1, latency_samples=10, latency_time=2.0, latency_max_samples=200),
     "cuda": DeviceDefaults(batch_size=64, warmup=10, iters=10, min_time=1.0, repeats=5,
                            latency_warmup=5, latency_samples=20, latency_time=0.5, latency_max_samples=500),
     "mps": DeviceDefaults(batch_size=32, warmup=5, iters=5, min_time=1.0, repeats=5,

@@ -36,16 +36,10 @@ COST_NEUTRAL_FIELDS = {
 # ---------------------------------------------------------------- bundled specs
 
 def bundled_dir() -> Path:
-    """The folder of bundled specs, in a checkout or an installed wheel."""
-    try:
-        from importlib.resources import files
-
-        candidate = Path(str(files("cmt_gen.specs")))
-        if candidate.is_dir() and any(candidate.glob("*.yaml")):
-            return candidate
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "specs"
+    """The folder of bundled specs: `cmt_gen/specs` in an installed wheel, `specs/` in a checkout."""
+    package = Path(__file__).resolve().parent
+    installed = package / "specs"
+    return installed if installed.is_dir() else package.parent / "specs"
 
 
 def bundled_names() -> list[str]:

@@ -33,6 +33,8 @@ def quick_peak(monkeypatch):
     def fast(device, dtype_name="float32", **_):
         return profile_peak.measure_matmul_peak(device, dtype_name, window_s=0.01, windows=1)
 
+    monkeypatch.setitem(profile_peak.START_SIZE, "cpu", 256)
+    monkeypatch.setitem(profile_peak.MAX_SIZE, "cpu", 256)
     monkeypatch.setattr(profiler, "measure_matmul_peak", fast)
 
 
@@ -51,7 +53,7 @@ def canonical_sha(spec) -> str:
 
 # ---------------------------------------------------------------- results
 
-def test_result_fields_are_sane():
+def test_result_fields_are_sane(quick_peak):
     from cmt_gen import analytic_cost, load_spec, profile_model
 
     spec = load_spec(tiny_spec_dict())
@@ -63,7 +65,7 @@ def test_result_fields_are_sane():
     assert len(result.images_per_s_repeats) == 2
     assert result.images_per_s_min <= result.images_per_s <= result.images_per_s_max
     assert result.images_per_s > 0 and 0 <= result.spread < 1
-    assert result.latency_batch == 1 and result.latency_samples >= 5
+    assert result.latency_batch == 1 and result.latency_samples >= 10
     assert 0 < result.latency_p50_ms <= result.latency_p90_ms
     cost = analytic_cost(spec)
     assert result.macs_per_image == cost.macs and result.macs_source == "analytic"
@@ -125,8 +127,8 @@ def test_train_mode_really_steps_the_optimizer(monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", counting)
     result = profile_model(tiny_spec_dict(), mode="train", **FAST, measure_peak=False)
-    # one warm-up call, two repeats of >= 1 call, >= 5 latency samples plus one latency warm-up (and the primer's)
-    assert len(steps) >= 1 + 2 + 5 + 1
+    # one warm-up call, two repeats of >= 1 call, >= 10 latency samples plus one latency warm-up (and the primer's)
+    assert len(steps) >= 1 + 2 + 10 + 1
     assert sum(result.calls_per_repeat) >= 2
 
 
@@ -292,7 +294,7 @@ def test_protocols_and_explicit_values(monkeypatch):
     assert (swin.batch_size, swin.precision, swin.protocol) == (64, "fp32", "swin")
     assert resolve_settings(device="cpu", protocol="swin", batch_size=3).batch_size == 3
     default = resolve_settings(device="cpu")
-    assert (default.batch_size, default.precision, default.repeats) == (8, "fp32", 3)
+    assert (default.batch_size, default.precision, default.repeats) == (8, "fp32", 5)
     monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: True)
     timm_like = resolve_settings(device="cpu", protocol="timm")
     assert (timm_like.batch_size, timm_like.precision, timm_like.compute_dtype) == (256, "amp", "bfloat16")
@@ -351,6 +353,32 @@ def test_bad_numbers_are_refused():
         resolve_settings(device="cpu", mode="eval")
     with pytest.raises(CmtGenError, match="unknown compile mode"):
         resolve_settings(device="cpu", compile_mode="fastest")
+
+
+def test_busy_machine_warning(monkeypatch):
+    from cmt_gen import profile_env
+
+    monkeypatch.setattr(profile_env, "cpu_busy_fraction", lambda: 0.9)
+    assert "90% of its" in profile_env.busy_warning("cpu")
+    assert profile_env.busy_warning("cuda:0") is None
+    monkeypatch.setattr(profile_env, "cpu_busy_fraction", lambda: 0.05)
+    assert profile_env.busy_warning("cpu") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs /proc/stat")
+def test_cpu_busy_fraction_sees_a_spinning_thread():
+    import os
+    import threading
+    import time
+
+    from cmt_gen.profile_env import cpu_busy_fraction
+
+    stop = time.perf_counter() + 0.6
+    spinner = threading.Thread(target=lambda: [None for _ in iter(lambda: time.perf_counter() < stop, False)])
+    spinner.start()
+    busy = cpu_busy_fraction(0.3)
+    spinner.join()
+    assert busy is not None and busy >= 0.5 / (os.cpu_count() or 1)
 
 
 # ---------------------------------------------------------------- timing and memory with fake CUDA
