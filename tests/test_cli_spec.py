@@ -269,3 +269,10 @@ def test_build_reads_a_spec_with_extends_and_relative_base(cli, tmp_path):
     assert result.code == 0, result.err
     record = json.loads(result.out)
     assert record["spec"] == "child" and record["rows"][1]["depth"] == 2
+
+
+def test_build_refuses_a_model_that_would_not_fit_in_memory(cli):
+    """A typo'd resolution must not allocate a ~25 GB position bias and get the process killed."""
+    result = cli("build", "cmt_ti", "--set", "resolution=3200")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "GiB" in result.err and "--force" in result.err and "build" in result.err

@@ -1,0 +1,43 @@
+"""The wheel carries the bundled specs and maps `cli/` into `cmt_gen.cli` (no top-level `cli`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_wheel_contents(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(REPO)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    wheel = next(tmp_path.glob("cmt_gen-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    bundled = sorted(Path(n).stem for n in names if n.startswith("cmt_gen/specs/") and n.endswith(".yaml"))
+    assert bundled == sorted(p.stem for p in (REPO / "specs").glob("*.yaml"))
+    assert "cmt_gen/cli/app.py" in names
+    assert not any(n.startswith(("cli/", "specs/", "tests/")) for n in names)
+
+
+def test_bundled_dir_prefers_the_installed_copy(tmp_path: Path, monkeypatch) -> None:
+    """In a wheel the specs sit in cmt_gen/specs; in a checkout beside the package."""
+    import cmt_gen.spec_io as spec_io
+
+    package = tmp_path / "site" / "cmt_gen"
+    (package / "specs").mkdir(parents=True)
+    (package / "specs" / "x.yaml").write_text("name: x\n")
+    monkeypatch.setattr(spec_io, "__file__", str(package / "spec_io.py"))
+    assert spec_io.bundled_dir() == (package / "specs").resolve()
+    assert spec_io.bundled_names() == ["x"]
+    (package / "specs" / "x.yaml").unlink()
+    (package / "specs").rmdir()
+    assert spec_io.bundled_dir() == (tmp_path / "site" / "specs").resolve()
