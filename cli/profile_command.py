@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, err_console, fmt_count
+from cmt_gen.cli.common import SET_HELP, console, err_console, family_order, fmt_count
 
 
 def register(app: typer.Typer) -> None:
@@ -64,7 +64,7 @@ def profile(
     # `--compare timm:a timm:b` leaves timm:b among the positional arguments: keep the written order.
     peers = [p.strip() for item in compare or [] for p in item.split(",") if p.strip()]
     peers += [a for a in args if is_peer(a)]
-    names = [a for a in args if not is_peer(a)] or bundled_names()
+    names = [a for a in args if not is_peer(a)] or family_order(bundled_names())
     json_file = check_output_path(json_path, ".json")
     csv_file = check_output_path(csv_path, ".csv")
     settings = resolve_settings(
