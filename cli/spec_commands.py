@@ -26,12 +26,13 @@ def build(
     force: bool = typer.Option(False, "--force", help="Build even when the estimated memory exceeds what is free."),
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
-    from cmt_gen.build_job import check_output_path, run_build
+    from cmt_gen.build_job import check_build_fits, check_output_path, run_build
     from cmt_gen.spec_io import load_spec
     from cmt_gen.summary import summarize
 
     resolved = load_spec(spec, overrides)
     check_output_path(output)
+    check_build_fits(resolved, force=force)  # before any output: a refusal is the only line printed
     summary = summarize(resolved)
     if not as_json:
         print_stage_table(summary)

@@ -67,13 +67,18 @@ def save_weights(model, path: Path) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
-def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
-              batch: int = 2, force: bool = False) -> BuildResult:
-    """Build, load, run one forward pass on a dummy batch, save; refuses what would not fit in memory."""
+def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool = False) -> None:
+    """Refuse, from the analytic count alone, a build whose forward pass would not fit in memory."""
     from cmt_gen.memory_guard import check_fits
 
     check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it",
                alternative="lower the resolution or the widths, or pass --force", field="build", force=force)
+
+
+def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
+              batch: int = 2, force: bool = False) -> BuildResult:
+    """Build, load, run one forward pass on a dummy batch, save; refuses what would not fit in memory."""
+    check_build_fits(spec, batch, force)
     import torch
 
     from cmt_gen.builder import build_model, count_parameters

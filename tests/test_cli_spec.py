@@ -276,3 +276,4 @@ def test_build_refuses_a_model_that_would_not_fit_in_memory(cli):
     result = cli("build", "cmt_ti", "--set", "resolution=3200")
     assert result.code == 2 and "Traceback" not in result.err
     assert "GiB" in result.err and "--force" in result.err and "build" in result.err
+    assert result.out.strip() == ""  # refused before the stage table: the error is the only output
