@@ -36,35 +36,21 @@ def check_output_path(output: str | Path | None) -> Path | None:
 
 def save_weights(model, path: Path) -> None:
     """Atomically write a state dict as .pt or .safetensors."""
-    import os
-    import tempfile
-
     import torch
 
-    from cmt_gen.spec_io import default_file_mode
+    from cmt_gen.spec_io import atomic_output
 
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
-    os.close(fd)
-    try:
-        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import save_file
-            except ImportError:
-                raise CmtGenError("saving .safetensors needs the extra: pip install 'cmt-gen[safetensors]'",
-                                  source=str(path)) from None
-            save_file(state, tmp)
-        else:
-            torch.save(state, tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp made it private (0600)
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full, folder made read-only meanwhile, ...
-        raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise CmtGenError("saving .safetensors needs the extra: pip install 'cmt-gen[safetensors]'",
+                              source=str(path)) from None
+    else:
+        save_file = torch.save
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool = False) -> None:

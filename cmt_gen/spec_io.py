@@ -11,7 +11,7 @@ import copy
 import difflib
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -451,10 +451,14 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file in the same folder, then rename: never half a file."""
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path`, on failure it vanishes.
+
+    Every writer of output files goes through here, so none is ever left half-written
+    and an OS failure (disk full, a folder in the way) is one clear CmtGenError.
+    """
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise CmtGenError("output folder does not exist", source=str(path))
@@ -462,16 +466,21 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
         raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), default_file_mode())  # mkstemp made it private (0600)
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp made it private (0600)
         os.replace(tmp, path)
-    except OSError as exc:  # disk full, a folder where the file should go, ...
-        Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
         raise CmtGenError(f"cannot write: {exc.strerror or exc}", source=str(path)) from None
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write text or bytes through `atomic_output`, synced to disk before the rename."""
+    payload = data.encode() if isinstance(data, str) else data
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
