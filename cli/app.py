@@ -40,15 +40,9 @@ def _root(
 
 
 def _register() -> None:
-    import importlib
+    from cmt_gen.cli import check_command, design_commands, profile_command, spec_commands
 
-    for name in ("spec_commands", "check_command", "profile_command", "design_commands"):
-        try:
-            module = importlib.import_module(f"cmt_gen.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cmt_gen.cli.{name}":
-                raise
-            continue
+    for module in (spec_commands, check_command, profile_command, design_commands):
         module.register(app)
 
 

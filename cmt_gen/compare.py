@@ -16,7 +16,7 @@ from typing import Any
 
 from cmt_gen.complexity import ModelCost, analytic_cost
 from cmt_gen.errors import CmtGenError
-from cmt_gen.quantity import format_quantity, parse_quantity
+from cmt_gen.quantity import format_quantity
 from cmt_gen.spec import CMTSpec
 
 NAME_KEYS = ("name", "spec", "spec_name", "model", "variant")
@@ -168,29 +168,11 @@ class ReferencePoint:
 
 
 def table2_points() -> list[ReferencePoint]:
-    """The paper's Table 2 models (`cmt_gen.table2`); the bundled specs' references without it."""
-    try:
-        from cmt_gen.table2 import rows
-    except ModuleNotFoundError as exc:
-        if exc.name != "cmt_gen.table2":
-            raise
-        return _bundled_points()
-    return [ReferencePoint(r.model, parse_quantity(r.params), parse_quantity(r.flops), r.resolution,
-                           float(r.top1) if r.top1 else None) for r in rows()]
+    """The paper's Table 2 models (`cmt_gen.table2`) as numbers to plot."""
+    from cmt_gen.table2 import rows
 
-
-def _bundled_points() -> list[ReferencePoint]:
-    from cmt_gen.spec_io import bundled_names, load_spec
-
-    points = []
-    for name in bundled_names():
-        ref = load_spec(name).reference
-        if ref is not None and ref.params and ref.macs:
-            suffix = name.removeprefix("cmt_")
-            label = f"CMT-{'Ti' if suffix == 'ti' else suffix.upper()}"
-            points.append(ReferencePoint(label, parse_quantity(ref.params), parse_quantity(ref.macs),
-                                         ref.resolution, ref.top1))
-    return points
+    return [ReferencePoint(r.model, r.value("params"), r.value("flops"), r.resolution, r.value("top1"))
+            for r in rows()]
 
 
 # ---------------------------------------------------------------- comparison rows

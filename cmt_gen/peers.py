@@ -90,49 +90,21 @@ def check_model_name(timm: Any, name: str, source: str) -> None:
 
 def paper_row_for(name: str) -> PaperRow | None:
     """The Table 2 row of a timm model, if the paper lists it (exact name first, then its port name)."""
-    rows = _table2_rows()
-    if not rows:
-        return None
+    from cmt_gen.table2 import rows
+
     for exact in (True, False):
-        for row in rows:
-            timm_name = getattr(row, "timm", None)
-            if not timm_name:
+        for row in rows():
+            if not row.timm:
                 continue
-            if (timm_name == name) if exact else (_base_name(timm_name) == _base_name(name)):
-                return PaperRow(
-                    model=str(getattr(row, "name", None) or getattr(row, "model", "?")),
-                    throughput=_as_float(getattr(row, "throughput", None)),
-                    resolution=getattr(row, "resolution", None), timm=timm_name, exact=exact,
-                )
+            if (row.timm == name) if exact else (_base_name(row.timm) == _base_name(name)):
+                return PaperRow(model=row.model, throughput=row.value("throughput"),
+                                resolution=row.resolution, timm=row.timm, exact=exact)
     return None
 
 
 def _base_name(name: str) -> str:
     """timm's TF ports and pretrained tags name the same architecture: tf_efficientnet_b3.ra -> efficientnet_b3."""
     return name.split(".")[0].removeprefix("tf_")
-
-
-def _as_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _table2_rows() -> list:
-    """Rows of cmt_gen.table2, written by another module; tolerant of its exact API."""
-    try:
-        from cmt_gen import table2
-    except ImportError:
-        return []
-    for attr in ("rows", "ROWS", "TABLE2", "TABLE_2"):
-        value = getattr(table2, attr, None)
-        if value is None:
-            continue
-        return list(value() if callable(value) else value)
-    return []
 
 
 def default_resolution(timm: Any, name: str) -> int:
