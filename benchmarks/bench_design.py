@@ -32,11 +32,11 @@ def rate(fn, seconds: float = 1.0) -> float:
 
 
 def main() -> int:
-    from cmt_gen.complexity import analytic_cost
-    from cmt_gen.design import design_specs
-    from cmt_gen.scaling import Shape
-    from cmt_gen.search import CostModel
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen.cost.analytic import analytic_cost
+    from cmt_gen.design.cost_model import CostModel
+    from cmt_gen.design.scaling import Shape
+    from cmt_gen.design.search import design_specs
+    from cmt_gen.spec.loading import load_spec
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, python {sys.version.split()[0]}")
     spec = load_spec("cmt_b")

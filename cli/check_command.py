@@ -1,6 +1,6 @@
 """`cmt-gen check`: parameters and MACs of specs against Table 2 or their own budget.
 
-Thin: `cmt_gen.budget.check_budget` does the work and returns plain results;
+Thin: `cmt_gen.check.budget.check_budget` does the work and returns plain results;
 this module renders them. With `--counter analytic` (the default) no torch is
 imported, so the command answers in well under a second.
 """
@@ -31,9 +31,9 @@ def check(
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail (exit 1) on documented deviations from the paper too."),
 ) -> None:
-    from cmt_gen.budget import COUNTERS, check_budgets, exit_code
+    from cmt_gen.check.budget import COUNTERS, check_budgets, exit_code
     from cmt_gen.errors import CmtGenError
-    from cmt_gen.spec_io import bundled_names
+    from cmt_gen.spec.bundled import bundled_names
 
     if counter not in COUNTERS:
         raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="--counter")
@@ -52,7 +52,7 @@ def check(
 
 
 def _emit(results, counter: str, code: int) -> None:
-    from cmt_gen.budget import DERIVED_TOLERANCE, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
+    from cmt_gen.check.budget import DERIVED_TOLERANCE, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
 
     emit_json({
         "counter": counter, "units": {"macs": MACS_UNIT, "fvcore_total": FVCORE_UNIT},
@@ -63,7 +63,7 @@ def _emit(results, counter: str, code: int) -> None:
 
 def _target(check) -> str:
     """'25.1M ±0.05M': the printed figure and the half-unit of its last digit."""
-    from cmt_gen.quantity import parse_quantity
+    from cmt_gen.spec.quantity import parse_quantity
 
     if check.against == "budget":
         return f"<= {check.target} (budget)"
@@ -82,7 +82,7 @@ def _cells(result, quantity: str) -> tuple[str, str]:
 def _render(results, counter: str, code: int) -> None:
     from rich.table import Table
 
-    from cmt_gen.budget import DERIVED_TOLERANCE, FAILING, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
+    from cmt_gen.check.budget import DERIVED_TOLERANCE, FAILING, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
 
     fvcore = counter in ("fvcore", "both")
     counted = "analytic + fvcore counters" if counter == "both" else f"{counter} counter"

@@ -28,7 +28,7 @@ def emit_json(payload: Any, path: str | Path | None = None) -> None:
     if path is None or str(path) == "-":
         typer.echo(text, nl=False)
         return
-    from cmt_gen.spec_io import write_atomic
+    from cmt_gen.files import write_atomic
 
     write_atomic(Path(path), text)
 
@@ -36,7 +36,7 @@ def emit_json(payload: Any, path: str | Path | None = None) -> None:
 def fmt_count(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    from cmt_gen.quantity import format_quantity
+    from cmt_gen.spec.quantity import format_quantity
 
     return format_quantity(value) + unit
 
@@ -49,7 +49,7 @@ def fmt_delta(ours: float, reference: float | None) -> str:
 
 def family_order(names: list[str]) -> list[str]:
     """Bundled specs in Table 2's order (Ti, XS, S, B, L), then any others by name."""
-    from cmt_gen.table2 import cmt_rows
+    from cmt_gen.cost.table2 import cmt_rows
 
     order = [r.spec for r in cmt_rows()]
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))

@@ -41,9 +41,9 @@ def new(
     output: Path = typer.Option(..., "--output", "-o", help="YAML file to write (atomically)."),
 ) -> None:
     """Compound-scale a spec (width, depth, resolution) into a new, legal, validated spec."""
-    from cmt_gen.complexity import analytic_cost
-    from cmt_gen.design import check_spec_path, write_spec
-    from cmt_gen.scaling import resolve_base, scale_spec
+    from cmt_gen.cost.analytic import analytic_cost
+    from cmt_gen.design.scaling import resolve_base, scale_spec
+    from cmt_gen.design.spec_writer import check_spec_path, write_spec
 
     check_spec_path(output)
     spec, _ = resolve_base(base)
@@ -68,7 +68,7 @@ def new(
 
 def _resolution_argument(text: str | None) -> tuple[float, int | None]:
     """`288` -> pixels; `1.125x` -> factor."""
-    from cmt_gen.scaling import DesignError
+    from cmt_gen.design.scaling import DesignError
 
     if text is None:
         return 1.0, None
@@ -109,7 +109,8 @@ def design(
     Exits 1 (showing the nearest designs) when no legal spec meets the budget,
     2 when the budget is impossible or malformed.
     """
-    from cmt_gen.design import check_spec_path, design_specs, write_spec
+    from cmt_gen.design.search import design_specs
+    from cmt_gen.design.spec_writer import check_spec_path, write_spec
 
     if output is not None:
         check_spec_path(output)
@@ -185,9 +186,9 @@ def sample(
     output: Path = typer.Option(..., "--output", "-o", help="JSONL file: one spec and its cost per line."),
 ) -> None:
     """Draw random legal specs around a base, keep those within the budget, write JSONL."""
-    from cmt_gen.sampling import sample_specs
-    from cmt_gen.scaling import DesignError
-    from cmt_gen.spec_io import write_atomic
+    from cmt_gen.design.sampling import sample_specs
+    from cmt_gen.design.scaling import DesignError
+    from cmt_gen.files import write_atomic
 
     if output.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DesignError(f"samples are written as .jsonl, not {output.suffix or 'no suffix'}", source=str(output))
@@ -218,7 +219,7 @@ def sample(
 
 
 def _multipliers(text: str, field: str) -> tuple[float, float]:
-    from cmt_gen.scaling import DesignError
+    from cmt_gen.design.scaling import DesignError
 
     low, sep, high = text.partition("..")
     try:
@@ -239,10 +240,10 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Specs side by side, stage by stage, with differences highlighted; optionally a plot."""
-    from cmt_gen.compare import compare_specs, table2_points
+    from cmt_gen.design.compare import compare_specs, table2_points
 
     if plot is not None:
-        from cmt_gen.plotting import check_plot_path
+        from cmt_gen.design.plotting import check_plot_path
 
         check_plot_path(plot)
     result = compare_specs(specs, profile)
@@ -251,7 +252,7 @@ def compare(
     else:
         _print_comparison(result, only_diff)
     if plot is not None:
-        from cmt_gen.plotting import PlotPoint, plot_cost_map
+        from cmt_gen.design.plotting import PlotPoint, plot_cost_map
 
         speeds = result.throughput or [None] * len(result.specs)
         points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None)

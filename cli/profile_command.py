@@ -54,11 +54,11 @@ def profile(
                                               help="Measure fp16/bf16 even where the CPU only emulates it."),
 ) -> None:
     """Throughput (median of repeats), batch-1 latency p50/p90, peak memory and % of matmul peak."""
-    from cmt_gen.peers import is_peer
-    from cmt_gen.profile_output import check_output_path, write_outputs
-    from cmt_gen.profile_settings import resolve_settings
-    from cmt_gen.profiler import make_target
-    from cmt_gen.spec_io import bundled_names
+    from cmt_gen.profile.output import check_output_path, write_outputs
+    from cmt_gen.profile.peers import is_peer
+    from cmt_gen.profile.runner import make_target
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.spec.bundled import bundled_names
 
     args = list(specs or [])
     # `--compare timm:a timm:b` leaves timm:b among the positional arguments: keep the written order.
@@ -99,7 +99,7 @@ def profile(
 def _run_with_progress(targets, settings):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from cmt_gen.profiler import run_profiles
+    from cmt_gen.profile.runner import run_profiles
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -175,7 +175,7 @@ def _print_footer(run) -> None:
 
 
 def _print_ratios(run) -> None:
-    from cmt_gen.peers import throughput_ratios
+    from cmt_gen.profile.peers import throughput_ratios
 
     ratios = throughput_ratios(run.results)
     if not ratios:

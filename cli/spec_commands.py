@@ -26,9 +26,9 @@ def build(
     force: bool = typer.Option(False, "--force", help="Build even when the estimated memory exceeds what is free."),
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
-    from cmt_gen.build_job import check_build_fits, check_output_path, run_build
-    from cmt_gen.spec_io import load_spec
-    from cmt_gen.summary import summarize
+    from cmt_gen.cost.summary import summarize
+    from cmt_gen.model.build_job import check_build_fits, check_output_path, run_build
+    from cmt_gen.spec.loading import load_spec
 
     resolved = load_spec(spec, overrides)
     check_output_path(output)
@@ -83,7 +83,7 @@ def validate(
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
     """Check specs against the schema and the design rules (no torch needed)."""
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen.spec.loading import load_spec
 
     for source in specs:
         resolved = load_spec(source, overrides)
@@ -93,8 +93,9 @@ def validate(
 
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Bundled specs with the paper's Table 2 figures and our analytic counts."""
-    from cmt_gen.complexity import analytic_cost
-    from cmt_gen.spec_io import bundled_names, load_spec
+    from cmt_gen.cost.analytic import analytic_cost
+    from cmt_gen.spec.bundled import bundled_names
+    from cmt_gen.spec.loading import load_spec
 
     records = []
     for name in family_order(bundled_names()):
@@ -124,7 +125,7 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 
 def schema(output: Path = typer.Option(None, "--output", "-o", help="Write to a file instead of stdout.")) -> None:
     """JSON Schema of the spec format, for editor completion."""
-    from cmt_gen.spec import CMTSpec
+    from cmt_gen.spec.schema import CMTSpec
 
     payload = CMTSpec.model_json_schema()
     payload["properties"]["extends"] = {

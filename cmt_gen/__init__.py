@@ -12,19 +12,19 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_spec": "cmt_gen.spec_io",
-    "CMTSpec": "cmt_gen.spec",
+    "load_spec": "cmt_gen.spec.loading",
+    "CMTSpec": "cmt_gen.spec.schema",
     "CmtGenError": "cmt_gen.errors",
     "SpecError": "cmt_gen.errors",
-    "build_model": "cmt_gen.builder",
-    "convert_official_state_dict": "cmt_gen.convert",
-    "load_checkpoint": "cmt_gen.convert",
-    "analytic_cost": "cmt_gen.complexity",
-    "measured_cost": "cmt_gen.measured",
-    "check_budget": "cmt_gen.budget",
-    "profile_model": "cmt_gen.profiler",
-    "scale_spec": "cmt_gen.design",
-    "design_specs": "cmt_gen.design",
+    "build_model": "cmt_gen.model.network",
+    "convert_official_state_dict": "cmt_gen.model.convert",
+    "load_checkpoint": "cmt_gen.model.convert",
+    "analytic_cost": "cmt_gen.cost.analytic",
+    "measured_cost": "cmt_gen.check.measured",
+    "check_budget": "cmt_gen.check.budget",
+    "profile_model": "cmt_gen.profile.runner",
+    "scale_spec": "cmt_gen.design.scaling",
+    "design_specs": "cmt_gen.design.search",
 }
 
 __all__ = sorted(_EXPORTS)

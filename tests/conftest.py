@@ -15,9 +15,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 BAD_SPECS = TESTS / "bad_specs"
-# CI checks the project out beside `shared/`, as the working copy here is.
-SHARED_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-LAYOUT_FILE = SHARED_REFERENCE / "official_state_dict_layout.json"
+# Facts the tests compare against, copied from the paper and the released checkpoints: a clone carries them.
+DATA = TESTS / "data"
+LAYOUT_FILE = DATA / "official_state_dict_layout.json"  # every key and shape of the released checkpoints
+PAPER_TABLE2 = DATA / "paper_table2.txt"  # the paper's Table 2, transcribed row for row
 RELEASED = ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b")
 # Parameter counts of the authors' released models (cmt-architecture.md, measured on their code).
 RELEASED_PARAMS = {"cmt_ti": 9_492_426, "cmt_xs": 15_247_208, "cmt_s": 26_256_160, "cmt_b": 45_715_076}
@@ -90,19 +91,14 @@ def released_ti(released_model):
 
 
 @lru_cache(maxsize=1)
-def _layout() -> dict | None:
-    if not LAYOUT_FILE.is_file():
-        return None
+def _layout() -> dict:
     return json.loads(LAYOUT_FILE.read_text())
 
 
 @pytest.fixture(scope="session")
 def official_layout() -> dict:
-    """Keys and shapes of the released checkpoints, from shared/reference beside the checkout."""
-    layout = _layout()
-    if layout is None:
-        pytest.skip(f"official_state_dict_layout.json not found at {LAYOUT_FILE} (shared/ must sit beside the clone)")
-    return layout
+    """Keys and shapes of the released checkpoints (tests/data, carried by the clone)."""
+    return _layout()
 
 
 # ---------------------------------------------------------------- hostile checkpoints

@@ -1,7 +1,7 @@
 """An independent, literal forward pass of the released CMT, in torch.nn.functional only.
 
 It reads a state dict in the OFFICIAL key layout (`blocks_a.0.attn.sr.0.weight`,
-`relative_pos_a`, `_fc.weight`, ...) and follows shared/reference/cmt-architecture.md
+`relative_pos_a`, `_fc.weight`, ...) and follows the released architecture (cmt-architecture.md)
 step by step, in eval mode (BatchNorm uses running statistics, dropout and drop
 path are identities). Nothing here imports cmt_gen: the builder is tested
 against this, so the two must not share code. Every hyper-parameter (depths,

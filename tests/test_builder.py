@@ -9,11 +9,11 @@ from conftest import RELEASED, RELEASED_PARAMS, tiny_spec_dict
 
 import cmt_gen
 from cmt_gen import build_model, load_spec
-from cmt_gen.builder import CMT, count_parameters, stage_arguments
-from cmt_gen.complexity import analytic_cost
+from cmt_gen.cost.analytic import analytic_cost
 from cmt_gen.errors import CmtGenError, InputShapeError
-from cmt_gen.layers import DropPath, resample_position_bias
-from cmt_gen.spec_io import spec_to_yaml
+from cmt_gen.model.layers import DropPath, resample_position_bias
+from cmt_gen.model.network import CMT, count_parameters, stage_arguments
+from cmt_gen.spec.serialize import spec_to_yaml
 
 
 def _tiny(**changes) -> CMT:
@@ -147,7 +147,7 @@ def test_constant_bias_stays_constant_under_resampling():
 
 def test_native_size_uses_the_stored_bias_unchanged(monkeypatch):
     """At the built resolution no resampling may touch the bias (it would break released weights)."""
-    import cmt_gen.layers as layers
+    import cmt_gen.model.layers as layers
 
     calls = []
     real = layers.F.interpolate
@@ -254,7 +254,7 @@ def _grads(model: CMT, x: torch.Tensor, target: torch.Tensor) -> dict[str, torch
 
 
 def test_grad_checkpointing_gives_the_same_gradients(monkeypatch):
-    import cmt_gen.layers as layers
+    import cmt_gen.model.layers as layers
 
     model = build_model(tiny_spec_dict(drop_path=0.0)).train()
     x, target = _x(), torch.tensor([1, 7])

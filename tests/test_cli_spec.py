@@ -20,7 +20,7 @@ from conftest import (
     tiny_spec_dict,
 )
 
-from cmt_gen.convert import read_checkpoint
+from cmt_gen.model.convert import read_checkpoint
 
 # ---------------------------------------------------------------- light commands never import torch
 
@@ -153,7 +153,7 @@ def test_saved_weights_round_trip_strictly(cli, tiny_spec_file, tmp_path, suffix
 def test_released_layout_checkpoint_loads_through_the_cli(cli, official_layout, tmp_path):
     from reference_forward import random_official_state_dict
 
-    from cmt_gen.convert import convert_official_state_dict
+    from cmt_gen.model.convert import convert_official_state_dict
 
     official = random_official_state_dict(official_layout["cmt_ti"]["state_dict"], seed=2)
     ckpt = tmp_path / "cmt_ti_official.pth"

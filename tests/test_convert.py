@@ -15,13 +15,8 @@ from conftest import RELEASED, RELEASED_PARAMS, Payload, malicious_checkpoints, 
 from reference_forward import forward_features, random_official_state_dict, reference_forward
 
 from cmt_gen import build_model, convert_official_state_dict, load_spec
-from cmt_gen.convert import (
-    convert_official_key,
-    load_checkpoint,
-    load_state_dict_strict,
-    read_checkpoint,
-)
 from cmt_gen.errors import CheckpointError, CmtGenError
+from cmt_gen.model.convert import convert_official_key, load_checkpoint, load_state_dict_strict, read_checkpoint
 
 
 def _official(layout: dict, name: str, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cmt_gen import analytic_cost, build_model, load_spec, measured_cost
-from cmt_gen import complexity as cx
-from cmt_gen import layers as L
+from cmt_gen.check.measured import MAC_OPERATORS, torch_flop_count
+from cmt_gen.cost import analytic as cx
 from cmt_gen.errors import CmtGenError
-from cmt_gen.measured import MAC_OPERATORS, torch_flop_count
+from cmt_gen.model import layers as L
 
 BUNDLED = ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b", "cmt_l")
 TOLERANCE = 1e-3  # the bound; the counts are in fact identical

@@ -19,12 +19,12 @@ from conftest import RELEASED, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cmt_gen.compare import compare_specs, load_profile, table2_points
-from cmt_gen.complexity import analytic_cost
-from cmt_gen.design import spec_yaml, write_spec
-from cmt_gen.errors import CmtGenError
-from cmt_gen.sampling import sample_specs
-from cmt_gen.scaling import (
+from cmt_gen.cost.analytic import analytic_cost
+from cmt_gen.design.compare import compare_specs, load_profile, table2_points
+from cmt_gen.design.constraints import Constraint, parse_budget, parse_tolerance
+from cmt_gen.design.cost_model import CostModel
+from cmt_gen.design.sampling import sample_specs
+from cmt_gen.design.scaling import (
     DesignError,
     Shape,
     channel_multiple,
@@ -34,8 +34,10 @@ from cmt_gen.scaling import (
     round_channels,
     scale_spec,
 )
-from cmt_gen.search import Constraint, CostModel, design_specs, parse_budget, parse_tolerance
-from cmt_gen.spec_io import load_spec
+from cmt_gen.design.search import design_specs
+from cmt_gen.design.spec_writer import spec_yaml, write_spec
+from cmt_gen.errors import CmtGenError
+from cmt_gen.spec.loading import load_spec
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -167,7 +169,7 @@ def test_scaled_specs_build_with_the_counted_parameters(one_thread, width, depth
     """A few tiny builds (64 px): the model has exactly the parameters the counter promised."""
     import torch
 
-    from cmt_gen.builder import build_model, count_parameters
+    from cmt_gen.model.network import build_model, count_parameters
 
     spec = scale_spec(base, width, depth, size=64, name="tiny_scaled", overrides={"num_classes": 10})
     model = build_model(spec).eval()
@@ -420,7 +422,7 @@ def test_public_api():
 
 @pytest.mark.slow
 def test_cmt_l_design_builds_with_the_counted_parameters(one_thread):
-    from cmt_gen.builder import build_model, count_parameters
+    from cmt_gen.model.network import build_model, count_parameters
 
     best = design_specs("cmt_b", params="74.7M", macs="19.5G", resolution=288, top=1).best
     assert count_parameters(build_model(best.spec)) == best.params
@@ -430,7 +432,7 @@ def test_cmt_l_design_builds_with_the_counted_parameters(one_thread):
 def test_sampled_specs_build(one_thread):
     import torch
 
-    from cmt_gen.builder import build_model, count_parameters
+    from cmt_gen.model.network import build_model, count_parameters
 
     result = sample_specs("cmt_ti", 3, seed=1, width_range=(0.3, 0.6), depth_range=(0.3, 0.6), resolution=64)
     for sample in result.samples:

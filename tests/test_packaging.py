@@ -30,14 +30,14 @@ def test_wheel_contents(tmp_path: Path) -> None:
 
 def test_bundled_dir_prefers_the_installed_copy(tmp_path: Path, monkeypatch) -> None:
     """In a wheel the specs sit in cmt_gen/specs; in a checkout beside the package."""
-    import cmt_gen.spec_io as spec_io
+    import cmt_gen.spec.bundled as bundled
 
     package = tmp_path / "site" / "cmt_gen"
     (package / "specs").mkdir(parents=True)
     (package / "specs" / "x.yaml").write_text("name: x\n")
-    monkeypatch.setattr(spec_io, "__file__", str(package / "spec_io.py"))
-    assert spec_io.bundled_dir() == (package / "specs").resolve()
-    assert spec_io.bundled_names() == ["x"]
+    monkeypatch.setattr(bundled, "__file__", str(package / "spec" / "bundled.py"))
+    assert bundled.bundled_dir() == (package / "specs").resolve()
+    assert bundled.bundled_names() == ["x"]
     (package / "specs" / "x.yaml").unlink()
     (package / "specs").rmdir()
-    assert spec_io.bundled_dir() == (tmp_path / "site" / "specs").resolve()
+    assert bundled.bundled_dir() == (tmp_path / "site" / "specs").resolve()

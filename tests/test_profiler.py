@@ -28,7 +28,8 @@ CLI_FAST = ("--device", "cpu", "--batch-size", "2", "--warmup", "1", "--min-time
 @pytest.fixture
 def quick_peak(monkeypatch):
     """A matmul peak measured in a few milliseconds: CLI tests are about plumbing, not precision."""
-    from cmt_gen import profile_peak, profiler
+    from cmt_gen.profile import peak as profile_peak
+    from cmt_gen.profile import runner as profiler
 
     def fast(device, dtype_name="float32", **_):
         return profile_peak.measure_matmul_peak(device, dtype_name, window_s=0.01, windows=1)
@@ -45,7 +46,7 @@ def write_spec(folder: Path, name: str, **changes) -> Path:
 
 
 def canonical_sha(spec) -> str:
-    from cmt_gen.spec_io import spec_to_dict
+    from cmt_gen.spec.serialize import spec_to_dict
 
     text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -94,8 +95,8 @@ def test_threads_are_set_for_the_run_and_restored(monkeypatch):
 
 
 def test_paper_throughput_only_for_the_papers_network():
-    from cmt_gen.profile_targets import paper_throughput_of
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen.profile.targets import paper_throughput_of
+    from cmt_gen.spec.loading import load_spec
 
     assert paper_throughput_of(load_spec("cmt_s")) == 562.5
     assert paper_throughput_of(load_spec("cmt_s", ["stages.2.depth=4"])) is None
@@ -147,7 +148,7 @@ def test_a_module_without_a_spec_gets_measured_macs():
 def test_measured_macs_count_fused_attention():
     """FlopCounterMode does not see CPU's fused attention kernel; counting forces the math path."""
     from cmt_gen import analytic_cost, build_model
-    from cmt_gen.profile_targets import count_macs
+    from cmt_gen.profile.targets import count_macs
 
     model = build_model(tiny_spec_dict())
     assert model.spec.block.attention.value == "fused"
@@ -157,10 +158,10 @@ def test_measured_macs_count_fused_attention():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-model RSS peak needs Linux clear_refs")
 def test_cpu_peak_memory_is_per_model():
     """A model that touches 64 MiB shows it; a small one measured after it is not charged for it."""
-    from cmt_gen.profile_memory import can_reset_rss_peak
-    from cmt_gen.profile_settings import resolve_settings
-    from cmt_gen.profile_targets import target_from_module
-    from cmt_gen.profiler import run_profiles
+    from cmt_gen.profile.memory import can_reset_rss_peak
+    from cmt_gen.profile.runner import run_profiles
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.targets import target_from_module
 
     if not can_reset_rss_peak():
         pytest.skip("/proc/self/clear_refs is not writable here")
@@ -186,10 +187,10 @@ def test_cpu_peak_memory_is_per_model():
 # ---------------------------------------------------------------- robustness
 
 def test_a_failing_model_is_reported_and_the_others_still_run():
-    from cmt_gen.profile_settings import resolve_settings
-    from cmt_gen.profile_targets import ModelTarget, target_from_spec
-    from cmt_gen.profiler import run_profiles
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen.profile.runner import run_profiles
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.targets import ModelTarget, target_from_spec
+    from cmt_gen.spec.loading import load_spec
 
     def broken():
         raise RuntimeError("exploded while building")
@@ -206,10 +207,10 @@ def test_a_failing_model_is_reported_and_the_others_still_run():
 
 
 def test_ctrl_c_keeps_the_finished_models():
-    from cmt_gen.profile_settings import resolve_settings
-    from cmt_gen.profile_targets import ModelTarget, target_from_spec
-    from cmt_gen.profiler import run_profiles
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen.profile.runner import run_profiles
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.targets import ModelTarget, target_from_spec
+    from cmt_gen.spec.loading import load_spec
 
     def interrupt():
         raise KeyboardInterrupt
@@ -222,7 +223,7 @@ def test_ctrl_c_keeps_the_finished_models():
 
 
 def test_batch_ladder():
-    from cmt_gen.profile_batch import batch_ladder
+    from cmt_gen.profile.batch import batch_ladder
 
     assert batch_ladder(256) == [256, 192, 128, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1]
     assert batch_ladder(100) == [100, 96, 64, 48, 32, 24, 16, 12, 8, 6, 4, 3, 2, 1]
@@ -231,7 +232,7 @@ def test_batch_ladder():
 
 
 def test_out_of_memory_decays_the_batch():
-    from cmt_gen.profile_batch import run_with_batch_decay
+    from cmt_gen.profile.batch import run_with_batch_decay
 
     calls, cleanups = [], []
 
@@ -248,7 +249,7 @@ def test_out_of_memory_decays_the_batch():
 
 
 def test_other_errors_do_not_decay_and_memory_can_run_out_everywhere():
-    from cmt_gen.profile_batch import OutOfMemoryAtSmallestBatch, is_out_of_memory, run_with_batch_decay
+    from cmt_gen.profile.batch import OutOfMemoryAtSmallestBatch, is_out_of_memory, run_with_batch_decay
 
     def broken(batch: int):
         raise ValueError("not a memory problem")
@@ -287,8 +288,8 @@ def test_out_of_memory_decay_end_to_end():
 # ---------------------------------------------------------------- settings
 
 def test_protocols_and_explicit_values(monkeypatch):
-    from cmt_gen import profile_settings
-    from cmt_gen.profile_settings import resolve_settings
+    from cmt_gen.profile import settings as profile_settings
+    from cmt_gen.profile.settings import resolve_settings
 
     swin = resolve_settings(device="cpu", protocol="swin")
     assert (swin.batch_size, swin.precision, swin.protocol) == (64, "fp32", "swin")
@@ -305,8 +306,8 @@ def test_protocols_and_explicit_values(monkeypatch):
 
 
 def test_precision_the_cpu_only_emulates_is_refused(monkeypatch):
-    from cmt_gen import profile_settings
-    from cmt_gen.profile_settings import resolve_settings
+    from cmt_gen.profile import settings as profile_settings
+    from cmt_gen.profile.settings import resolve_settings
 
     monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: False)
     for precision in ("fp16", "bf16", "amp"):
@@ -316,7 +317,7 @@ def test_precision_the_cpu_only_emulates_is_refused(monkeypatch):
 
 
 def test_precision_that_fails_on_the_device_is_refused(monkeypatch):
-    from cmt_gen import profile_settings
+    from cmt_gen.profile import settings as profile_settings
 
     monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: True)
     monkeypatch.setattr(profile_settings, "_probe_ops", lambda *a: '"slow_conv2d_cpu" not implemented for \'Half\'')
@@ -325,7 +326,7 @@ def test_precision_that_fails_on_the_device_is_refused(monkeypatch):
 
 
 def test_device_checks_with_a_fake_cuda(monkeypatch):
-    from cmt_gen.profile_settings import resolve_device
+    from cmt_gen.profile.settings import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -343,7 +344,7 @@ def test_device_checks_with_a_fake_cuda(monkeypatch):
 
 
 def test_bad_numbers_are_refused():
-    from cmt_gen.profile_settings import resolve_settings
+    from cmt_gen.profile.settings import resolve_settings
 
     for field, value in (("batch_size", 0), ("repeats", 0), ("iters", -1), ("warmup", -1), ("threads", 0),
                          ("min_time", float("nan"))):
@@ -356,7 +357,7 @@ def test_bad_numbers_are_refused():
 
 
 def test_busy_machine_warning(monkeypatch):
-    from cmt_gen import profile_env
+    from cmt_gen.profile import env as profile_env
 
     monkeypatch.setattr(profile_env, "cpu_busy_fraction", lambda: 0.9)
     assert "90% of its" in profile_env.busy_warning("cpu")
@@ -371,7 +372,7 @@ def test_cpu_busy_fraction_sees_a_spinning_thread():
     import threading
     import time
 
-    from cmt_gen.profile_env import cpu_busy_fraction
+    from cmt_gen.profile.env import cpu_busy_fraction
 
     stop = time.perf_counter() + 0.6
     spinner = threading.Thread(target=lambda: [None for _ in iter(lambda: time.perf_counter() < stop, False)])
@@ -384,7 +385,7 @@ def test_cpu_busy_fraction_sees_a_spinning_thread():
 # ---------------------------------------------------------------- timing and memory with fake CUDA
 
 def test_cuda_clock_uses_events(monkeypatch):
-    from cmt_gen.profile_timing import Clock
+    from cmt_gen.profile.timing import Clock
 
     log = []
 
@@ -411,7 +412,7 @@ def test_cuda_clock_uses_events(monkeypatch):
 
 
 def test_cuda_memory_meter_subtracts_the_baseline(monkeypatch):
-    from cmt_gen.profile_memory import CudaMemory, memory_meter
+    from cmt_gen.profile.memory import CudaMemory, memory_meter
 
     state = {"allocated": 100, "peak": 100}
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
@@ -430,7 +431,7 @@ def test_cuda_memory_meter_subtracts_the_baseline(monkeypatch):
 
 
 def test_throughput_plans_calls_from_the_warm_up_pace():
-    from cmt_gen.profile_timing import calls_for, measure_throughput, percentile
+    from cmt_gen.profile.timing import calls_for, measure_throughput, percentile
 
     class FakeClock:
         def __init__(self):
@@ -452,7 +453,7 @@ def test_throughput_plans_calls_from_the_warm_up_pace():
 # ---------------------------------------------------------------- peers
 
 def test_peer_syntax_and_missing_timm(monkeypatch):
-    from cmt_gen.peers import parse_peer, require_timm
+    from cmt_gen.profile.peers import parse_peer, require_timm
 
     assert parse_peer("timm:efficientnet_b3@300") == ("efficientnet_b3", 300)
     assert parse_peer("timm:swin_tiny_patch4_window7_224") == ("swin_tiny_patch4_window7_224", None)
@@ -464,7 +465,7 @@ def test_peer_syntax_and_missing_timm(monkeypatch):
 
 
 def test_broken_timm_names_the_install_line(monkeypatch, tmp_path):
-    from cmt_gen.peers import KNOWN_GOOD_PAIR, require_timm
+    from cmt_gen.profile.peers import KNOWN_GOOD_PAIR, require_timm
 
     fake = tmp_path / "timm"
     fake.mkdir()
@@ -477,9 +478,9 @@ def test_broken_timm_names_the_install_line(monkeypatch, tmp_path):
 
 
 def test_paper_ratios_come_from_table2():
-    pytest.importorskip("cmt_gen.table2")
-    from cmt_gen.peers import paper_row_for, throughput_ratios
-    from cmt_gen.profiler import ProfileResult
+    pytest.importorskip("cmt_gen.cost.table2")
+    from cmt_gen.profile.peers import paper_row_for, throughput_ratios
+    from cmt_gen.profile.runner import ProfileResult
 
     swin = paper_row_for("swin_tiny_patch4_window7_224")
     assert swin.model == "Swin-T" and swin.throughput == 755.2 and swin.exact
@@ -518,17 +519,17 @@ def test_timm_peer_profiles_beside_cmt(quick_peak, cli, tmp_path):
 def test_cli_writes_json_and_csv_atomically(quick_peak, cli, tmp_path, monkeypatch):
     import csv
 
-    from cmt_gen import spec_io
-    from cmt_gen.spec_io import load_spec
+    from cmt_gen import files
+    from cmt_gen.spec.loading import load_spec
 
     written = []
-    real_write = spec_io.write_atomic
+    real_write = files.write_atomic
 
     def recording(path, data):
         written.append(Path(path).name)
         return real_write(path, data)
 
-    monkeypatch.setattr(spec_io, "write_atomic", recording)
+    monkeypatch.setattr(files, "write_atomic", recording)
     first, second = write_spec(tmp_path, "tiny"), write_spec(tmp_path, "tiny_b", num_classes=7)
     out_json, out_csv = tmp_path / "out.json", tmp_path / "out.csv"
     result = cli("profile", first, second, *CLI_FAST, "--json", out_json, "--csv", out_csv)
@@ -553,7 +554,7 @@ def test_cli_writes_json_and_csv_atomically(quick_peak, cli, tmp_path, monkeypat
     (("--compare", "resnet50"), "error: resnet50: compare: a peer is written timm:"),
 ])
 def test_cli_mistakes_exit_2_with_one_line_before_any_model(cli, tmp_path, monkeypatch, args, message):
-    from cmt_gen import profiler
+    from cmt_gen.profile import runner as profiler
 
     monkeypatch.setattr(profiler, "measure_target", lambda *a, **k: pytest.fail("a model ran"))
     result = cli("profile", write_spec(tmp_path, "tiny"), *args)
@@ -569,7 +570,7 @@ def test_cli_cuda_without_cuda_exits_2(cli, tmp_path, monkeypatch):
 
 
 def test_cli_emulated_precision_exits_2(cli, tmp_path, monkeypatch):
-    from cmt_gen import profile_settings
+    from cmt_gen.profile import settings as profile_settings
 
     monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: False)
     result = cli("profile", write_spec(tmp_path, "tiny"), "--device", "cpu", "--precision", "fp16")
@@ -583,7 +584,7 @@ def test_cli_missing_timm_exits_2(cli, tmp_path, monkeypatch):
 
 
 def test_cli_failure_row_and_exit_1(quick_peak, cli, tmp_path, monkeypatch):
-    from cmt_gen import profiler
+    from cmt_gen.profile import runner as profiler
 
     real = profiler.measure_target
 
@@ -603,7 +604,7 @@ def test_cli_failure_row_and_exit_1(quick_peak, cli, tmp_path, monkeypatch):
 
 
 def test_cli_ctrl_c_still_writes_the_finished_models(quick_peak, cli, tmp_path, monkeypatch):
-    from cmt_gen import profiler
+    from cmt_gen.profile import runner as profiler
 
     real = profiler.measure_target
 
@@ -631,7 +632,7 @@ def test_help_does_not_import_torch():
 
 def test_api_is_exported():
     import cmt_gen
-    from cmt_gen.profiler import profile_model
+    from cmt_gen.profile.runner import profile_model
 
     assert cmt_gen.profile_model is profile_model
 

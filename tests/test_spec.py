@@ -8,23 +8,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import RELEASED, SHARED_REFERENCE, tiny_spec_dict
+from conftest import LAYOUT_FILE, RELEASED, tiny_spec_dict
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cmt_gen import load_spec
 from cmt_gen.errors import CmtGenError, SpecError
-from cmt_gen.quantity import format_quantity, parse_quantity, printed_interval
-from cmt_gen.spec import CMTSpec, design_problems
-from cmt_gen.spec_io import (
-    affects_cost,
-    bundled_names,
-    parse_override,
-    spec_to_dict,
-    spec_to_yaml,
-    validate_spec,
-    write_atomic,
-)
+from cmt_gen.files import write_atomic
+from cmt_gen.spec.bundled import bundled_names
+from cmt_gen.spec.loading import affects_cost, parse_override
+from cmt_gen.spec.quantity import format_quantity, parse_quantity, printed_interval
+from cmt_gen.spec.schema import CMTSpec, design_problems
+from cmt_gen.spec.serialize import spec_to_dict, spec_to_yaml
+from cmt_gen.spec.validation import validate_spec
 
 # ---------------------------------------------------------------- quantities
 
@@ -98,10 +94,7 @@ def test_bundled_spec_matches_the_architecture_table(name):
 
 
 def test_layout_resolutions_agree_with_bundled_specs():
-    layout = SHARED_REFERENCE / "official_state_dict_layout.json"
-    if not layout.is_file():
-        pytest.skip(f"{layout} not found (shared/ must sit beside the clone)")
-    data = json.loads(layout.read_text())
+    data = json.loads(LAYOUT_FILE.read_text())
     assert {name: data[name]["resolution"] for name in RELEASED} == {n: DOC_TABLE[n][0] for n in RELEASED}
 
 

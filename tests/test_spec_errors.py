@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmt_gen.errors import CmtGenError, SpecError
-from cmt_gen.spec_io import load_spec, parse_yaml_text
+from cmt_gen.spec.loading import load_spec
+from cmt_gen.spec.yaml_reader import parse_yaml_text
 
 # file -> (extra args, field path named in the message or None, fragments of the rule)
 BAD_SPEC_TABLE: dict[str, tuple[tuple[str, ...], str | None, tuple[str, ...]]] = {

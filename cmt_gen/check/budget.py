@@ -1,0 +1,317 @@
+"""`check_budget(spec)`: a spec's parameters and MACs against the paper's figures or the user's budget.
+
+Tolerances follow what was printed, never a percentage chosen to make a row
+pass: Table 2's `0.6B` stands for 0.55B to 0.65B, `25.1M` for 25.05M to
+25.15M. A user's `budget:` is an upper limit. Two kinds of documented
+deviation from the paper are reported as such, visibly and with both numbers,
+instead of as a match or a plain failure:
+
+- a provenance line starting with "Paper/code discrepancy" that names the
+  figure ("param..." or "FLOPs"/"MACs"): the released code and the paper
+  disagree (CMT-S: Table 2 prints 25.1M, the released model has 26.26M);
+- a provenance line starting with "Derived configuration": the paper never
+  released this configuration (CMT-L) and cmt-gen derived one to the paper's
+  figures; the derivation must stay within `DERIVED_TOLERANCE`, stated in the
+  output, or the row fails like any other.
+
+Exit codes (`exit_code`), as the issue set them: 0 all within reference or
+budget; 1 any spec over its budget, off the paper without a documented reason,
+or counted differently by two counters; 2 is left to input errors. A
+documented deviation exits 0 but is never silent: its row says
+"paper/code discrepancy" or "derived config" with both numbers, and
+`strict=True` (`cmt-gen check --strict`) makes it exit 1. With `counter="analytic"` nothing here imports torch.
+`check_budgets(specs, ...)` checks several specs, the traced counters in
+parallel worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cmt_gen.errors import CmtGenError
+from cmt_gen.spec.quantity import format_quantity, printed_interval
+from cmt_gen.spec.schema import CMTSpec, design_problems
+
+COUNTERS = ("analytic", "fvcore", "both")
+DISCREPANCY_PREFIX = "paper/code discrepancy"
+DERIVED_PREFIX = "derived configuration"
+DERIVED_TOLERANCE = {"params": 0.01, "macs": 0.02}  # what a derived configuration must reach
+COUNTER_AGREEMENT = 1e-3  # analytic vs fvcore MACs, relative
+
+MACS_UNIT = ("MACs = multiply-accumulates of convolutions, linear layers and attention matmuls "
+             "(what Table 2 calls FLOPs; torch's FlopCounterMode reports 2 FLOPs per MAC)")
+FVCORE_UNIT = "fvcore total = fvcore's own count: these MACs plus batch/layer norms and pooling"
+TOLERANCE_RULE = ("paper figures are checked to the precision printed (0.6B means 0.55B to 0.65B, "
+                  "25.1M means 25.05M to 25.15M); budgets are upper limits")
+
+# Verdicts, worst first: a spec's verdict is the worst of its figures'.
+COUNTERS_DISAGREE = "counters disagree"
+OVER_BUDGET = "over budget"
+DIFFERS = "differs from paper"
+DISCREPANCY = "paper/code discrepancy"
+DERIVED = "derived config"
+WITHIN_BUDGET = "within budget"
+MATCHES = "matches paper"
+NO_REFERENCE = "no reference"
+_SEVERITY = [COUNTERS_DISAGREE, OVER_BUDGET, DIFFERS, DISCREPANCY, DERIVED, WITHIN_BUDGET, MATCHES, NO_REFERENCE]
+FAILING = {COUNTERS_DISAGREE, OVER_BUDGET, DIFFERS}
+DOCUMENTED = {DISCREPANCY, DERIVED}
+
+
+@dataclass
+class FigureCheck:
+    """One figure (params or MACs) against one target (the paper or the user's budget)."""
+
+    quantity: str  # "params" | "macs"
+    against: str  # "paper" | "budget"
+    ours: int
+    target: str  # as printed ("25.1M") or the budget ("30M")
+    low: float | None  # lowest value that passes (None: no lower limit)
+    high: float
+    delta_pct: float  # ours vs the target's nominal value
+    status: str  # a verdict from _SEVERITY
+    note: str = ""
+
+
+@dataclass
+class BudgetCheck:
+    """The result of checking one spec: counts, per-figure checks, one verdict."""
+
+    spec: str
+    counter: str
+    height: int
+    width: int
+    params: int
+    macs: int
+    analytic_params: int | None = None
+    analytic_macs: int | None = None
+    fvcore_params: int | None = None
+    fvcore_macs: int | None = None
+    fvcore_total: int | None = None
+    checks: list[FigureCheck] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verdict: str = NO_REFERENCE
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def documented(self) -> bool:
+        return self.verdict in DOCUMENTED
+
+    def check(self, quantity: str, against: str = "paper") -> FigureCheck | None:
+        return next((c for c in self.checks if c.quantity == quantity and c.against == against), None)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "failed": self.failed, "documented_deviation": self.documented}
+
+
+def exit_code(results: list[BudgetCheck], strict: bool = False) -> int:
+    """0 all fine (documented deviations included unless `strict`); 1 any failure."""
+    if any(r.failed for r in results):
+        return 1
+    if strict and any(r.documented for r in results):
+        return 1
+    return 0
+
+
+def check_budget(spec: Any, counter: str = "analytic", *, overrides: Any = None, force: bool = False) -> BudgetCheck:
+    """Count a spec (analytic, fvcore or both) and check it against its reference and budget.
+
+    `spec` is a CMTSpec, a bundled name, a path or a dict. Paper figures are
+    checked at the reference's resolution (the one Table 2 measured), budgets
+    at the same counts. `force` lets fvcore trace a model the memory guard
+    would refuse.
+    """
+    if counter not in COUNTERS:
+        raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="counter")
+    if not isinstance(spec, CMTSpec) or overrides:
+        from cmt_gen.spec.loading import load_spec
+
+        if isinstance(spec, CMTSpec):
+            raise CmtGenError("overrides apply when loading a spec; pass a name, path or dict", source=spec.name)
+        spec = load_spec(spec, overrides)
+    ref = spec.reference
+    size = ref.resolution if ref is not None and ref.resolution else spec.resolution
+    problems = design_problems(spec, size, size)
+    if problems:
+        raise CmtGenError(problems[0][1] + f" (the reference resolution {size})", source=spec.name,
+                          field=problems[0][0])
+    result = BudgetCheck(spec.name, counter, size, size, 0, 0)
+    if size != spec.resolution:
+        result.notes.append(f"counted at the reference's {size}x{size}, not the spec's {spec.resolution}")
+    _count(result, spec, counter, force)
+    if ref is not None:
+        for quantity in ("params", "macs"):
+            if getattr(ref, quantity) is not None:
+                result.checks.append(_paper_check(spec, quantity, getattr(result, quantity)))
+    if spec.budget is not None:
+        for quantity in ("params", "macs"):
+            limit = getattr(spec.budget, quantity)
+            if limit is not None:
+                result.checks.append(_budget_check(quantity, getattr(result, quantity), limit))
+    statuses = [c.status for c in result.checks]
+    if _counters_disagree(result):
+        statuses.append(COUNTERS_DISAGREE)
+    if statuses:
+        result.verdict = min(statuses, key=_SEVERITY.index)
+    for c in result.checks:
+        if c.note:
+            result.notes.append(c.note)
+    if ref is not None and result.verdict != DERIVED and _documented_line(spec, DERIVED_PREFIX) is not None:
+        result.notes.append("derived configuration, not the authors': the paper's figures are the targets "
+                            "it was fitted to, not measurements of this model")
+    return result
+
+
+def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: Any = None, force: bool = False,
+                  workers: int | None = None) -> list[BudgetCheck]:
+    """`check_budget` for several specs, in order; traced counters run in parallel processes.
+
+    Every spec is loaded (and so validated) first, so an input error stops the
+    run before any model is built. fvcore's tracer is single-threaded Python
+    and C++ for most of its time, so one process per spec (largest first, each
+    with its share of the CPUs' threads) is what shortens a multi-spec traced
+    check; the analytic counter needs no torch and runs here.
+    """
+    from cmt_gen.spec.loading import load_spec
+
+    specs = [s if isinstance(s, CMTSpec) and not overrides else load_spec(s, overrides) for s in sources]
+    if counter not in COUNTERS:
+        raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="counter")
+    cpus = _cpu_count()
+    workers = min(len(specs), cpus) if workers is None else max(1, workers)
+    if counter == "analytic" or workers <= 1 or len(specs) <= 1:
+        return [check_budget(spec, counter, force=force) for spec in specs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from cmt_gen.cost.analytic import analytic_cost
+
+    order = sorted(range(len(specs)), key=lambda i: -analytic_cost(specs[i]).macs)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold OpenMP threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
+                             initargs=(max(1, cpus // workers),)) as pool:
+        futures = {i: pool.submit(_check_in_worker, specs[i], counter, force) for i in order}
+        outcomes = {i: f.result() for i, f in futures.items()}
+    results = []
+    for i in range(len(specs)):
+        outcome = outcomes[i]
+        if isinstance(outcome, tuple):  # a CmtGenError raised in the worker, rebuilt whole
+            rule, source, field_name = outcome
+            raise CmtGenError(rule, source=source, field=field_name)
+        results.append(outcome)
+    return results
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _worker_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _check_in_worker(spec: CMTSpec, counter: str, force: bool) -> BudgetCheck | tuple:
+    try:
+        return check_budget(spec, counter, force=force)
+    except CmtGenError as exc:
+        return exc.rule, exc.source, exc.field
+
+
+# ---------------------------------------------------------------- counting
+
+def _count(result: BudgetCheck, spec: CMTSpec, counter: str, force: bool) -> None:
+    if counter in ("analytic", "both"):
+        from cmt_gen.cost.analytic import analytic_cost
+
+        cost = analytic_cost(spec, result.height, result.width)
+        result.analytic_params, result.analytic_macs = cost.params, cost.macs
+    if counter in ("fvcore", "both"):
+        from cmt_gen.check.measured import measured_cost
+
+        measured = measured_cost(spec, result.height, result.width, cross_check=False, force=force)
+        result.fvcore_params, result.fvcore_macs = measured.params, measured.macs
+        result.fvcore_total = measured.fvcore_total
+    if counter == "fvcore":
+        result.params, result.macs = result.fvcore_params, result.fvcore_macs
+    else:
+        result.params, result.macs = result.analytic_params, result.analytic_macs
+
+
+def _counters_disagree(result: BudgetCheck) -> bool:
+    if result.counter != "both":
+        return False
+    disagree = result.analytic_params != result.fvcore_params or (
+        abs(result.analytic_macs - result.fvcore_macs) > COUNTER_AGREEMENT * max(result.analytic_macs, 1)
+    )
+    if disagree:
+        result.notes.append(
+            f"analytic count {result.analytic_params:,} params / {result.analytic_macs:,} MACs, fvcore "
+            f"{result.fvcore_params:,} / {result.fvcore_macs:,}: the two descriptions of the model disagree"
+        )
+    return disagree
+
+
+# ---------------------------------------------------------------- checks
+
+def _delta(ours: float, nominal: float) -> float:
+    return (ours - nominal) / nominal * 100 if nominal else 0.0
+
+
+def _label(quantity: str) -> str:
+    return "params" if quantity == "params" else "MACs"
+
+
+def _documented_line(spec: CMTSpec, prefix: str, quantity: str | None = None) -> str | None:
+    """A provenance line starting with `prefix` (and, for a discrepancy, naming the figure)."""
+    words = ("param",) if quantity == "params" else ("flop", "mac")
+    for line in spec.provenance:
+        text = line.strip().lower()
+        if text.startswith(prefix) and (quantity is None or any(w in text for w in words)):
+            return line.strip()
+    return None
+
+
+def _paper_check(spec: CMTSpec, quantity: str, ours: int) -> FigureCheck:
+    printed = getattr(spec.reference, quantity)
+    low, high = printed_interval(printed)
+    nominal = (low + high) / 2
+    delta = _delta(ours, nominal)
+    check = FigureCheck(quantity, "paper", ours, printed, low, high, delta, MATCHES)
+    if low <= ours <= high:
+        return check
+    what = (f"{spec.reference.source or 'the paper'} prints {printed} {_label(quantity)} "
+            f"({format_quantity(low, 3)} to {format_quantity(high, 3)}), this spec counts {ours:,} ({delta:+.2f}%)")
+    line = _documented_line(spec, DISCREPANCY_PREFIX, quantity)
+    if line is not None:
+        check.status = DISCREPANCY
+        check.note = f"{_label(quantity)}: paper/code discrepancy: {what}; documented: {line!r}"
+        return check
+    limit = DERIVED_TOLERANCE[quantity]
+    if _documented_line(spec, DERIVED_PREFIX) is not None and abs(delta) <= 100 * limit:
+        check.status = DERIVED
+        check.note = (f"{_label(quantity)}: derived configuration, not the authors': {what}; "
+                      f"a derived configuration must stay within {limit:.0%} of the paper's figure")
+        return check
+    check.status = DIFFERS
+    check.note = f"{_label(quantity)}: differs from the paper: {what}"
+    return check
+
+
+def _budget_check(quantity: str, ours: int, limit: float) -> FigureCheck:
+    number, suffix = format_quantity(limit, 3)[:-1], format_quantity(limit, 3)[-1]
+    text = (number.rstrip("0").rstrip(".") + suffix) if suffix.isalpha() else format_quantity(limit)
+    delta = _delta(ours, limit)
+    if ours <= limit:
+        return FigureCheck(quantity, "budget", ours, text, None, limit, delta, WITHIN_BUDGET)
+    note = f"{_label(quantity)}: over budget: {ours:,} is {delta:+.2f}% over the budget of {text}"
+    return FigureCheck(quantity, "budget", ours, text, None, limit, delta, OVER_BUDGET, note)

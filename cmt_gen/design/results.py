@@ -1,0 +1,51 @@
+"""What a design search returns: each design with its cost and score, and the search's report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cmt_gen.design.constraints import Constraint
+from cmt_gen.design.cost_model import Space
+from cmt_gen.spec.schema import CMTSpec
+
+
+@dataclass
+class Design:
+    """One candidate: its spec (validated), exact cost, budget standing and rank score."""
+
+    spec: CMTSpec
+    params: int
+    macs: int
+    meets: bool
+    score: float
+    violation: float
+
+    def delta(self, constraint: Constraint | None) -> str:
+        if constraint is None:
+            return "-"
+        return constraint.delta(self.params if constraint.quantity == "params" else self.macs)
+
+
+@dataclass
+class DesignResult:
+    """Ranked designs (those meeting the budget first), and what the search covered."""
+
+    base: CMTSpec
+    base_label: str
+    params: Constraint | None
+    macs: Constraint | None
+    designs: list[Design]
+    feasible: bool
+    evaluated: int
+    seconds: float
+    space: Space
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Design | None:
+        return self.designs[0] if self.feasible and self.designs else None
+
+    @property
+    def constraints(self) -> list[Constraint]:
+        return [c for c in (self.params, self.macs) if c is not None]
+

@@ -1,0 +1,88 @@
+"""What `cmt-gen build` does beyond the table: build, load weights, prove a forward pass, save."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmt_gen.errors import CmtGenError
+from cmt_gen.spec.schema import CMTSpec
+
+SAVE_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class BuildResult:
+    params: int
+    output_shape: tuple[int, ...]
+    forward_seconds: float
+    weights_loaded: str | None
+    saved_to: str | None
+
+
+def check_output_path(output: str | Path | None) -> Path | None:
+    """Fail before any work if the output cannot be written."""
+    if output is None:
+        return None
+    path = Path(output)
+    if path.suffix not in SAVE_SUFFIXES:
+        raise CmtGenError(f"weights are saved as {', '.join(SAVE_SUFFIXES)}, not {path.suffix or 'no suffix'}",
+                          source=str(path))
+    if not path.parent.is_dir():
+        raise CmtGenError("output folder does not exist", source=str(path))
+    return path
+
+
+def save_weights(model, path: Path) -> None:
+    """Atomically write a state dict as .pt or .safetensors."""
+    import torch
+
+    from cmt_gen.files import atomic_output
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise CmtGenError("saving .safetensors needs the extra: pip install 'cmt-gen[safetensors]'",
+                              source=str(path)) from None
+    else:
+        save_file = torch.save
+    with atomic_output(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool = False) -> None:
+    """Refuse, from the analytic count alone, a build whose forward pass would not fit in memory."""
+    from cmt_gen.cost.memory_guard import check_fits
+
+    check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it",
+               alternative="lower the resolution or the widths, or pass --force", field="build", force=force)
+
+
+def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
+              batch: int = 2, force: bool = False) -> BuildResult:
+    """Build, load, run one forward pass on a dummy batch, save; refuses what would not fit in memory."""
+    check_build_fits(spec, batch, force)
+    import torch
+
+    from cmt_gen.model.convert import load_checkpoint
+    from cmt_gen.model.network import build_model, count_parameters
+
+    out_path = check_output_path(output)
+    model = build_model(spec)
+    if weights is not None:
+        load_checkpoint(model, weights)
+    model.eval()
+    x = torch.randn(batch, spec.in_channels, spec.resolution, spec.resolution)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        y = model(x)
+    seconds = time.perf_counter() - start
+    if not torch.isfinite(y).all():
+        raise CmtGenError("the forward pass produced non-finite values", source=spec.name)
+    if out_path is not None:
+        save_weights(model, out_path)
+    return BuildResult(count_parameters(model), tuple(y.shape), seconds,
+                       str(weights) if weights else None, str(out_path) if out_path else None)

@@ -1,0 +1,318 @@
+"""CMT's layers as PyTorch modules, each taking explicit keyword arguments.
+
+Op order, norms and eps follow the released implementation exactly (see
+`shared/reference/cmt-architecture.md`). Each class carries a `complexity`
+staticmethod (defined torch-free in `cmt_gen.cost.analytic`) that walks the same
+sub-layers as its `__init__`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from cmt_gen.cost import analytic as complexity
+from cmt_gen.errors import InputShapeError
+
+BN_EPS = 1e-5
+LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
+LN_EPS_PATCH = 1e-5  # patch aggregation's LayerNorm (PyTorch default)
+
+
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, C) tokens -> (B, C, H, W) image view."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, C)."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample while training."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class ConvGeluBN(nn.Module):
+    """Conv (with bias) -> GELU -> BatchNorm: the stem's unit, in the released order."""
+
+    complexity = staticmethod(complexity.conv_gelu_bn_cost)
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=True)
+        self.act = nn.GELU()
+        self.norm = nn.BatchNorm2d(c_out, eps=BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.act(self.conv(x)))
+
+
+class Stem(nn.Sequential):
+    """3x3 s2 (in -> s), 3x3 (s -> s), 3x3 (s -> s); each conv, GELU, BN."""
+
+    complexity = staticmethod(complexity.stem_cost)
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__(
+            ConvGeluBN(in_channels, channels, 3, 2),
+            ConvGeluBN(channels, channels, 3, 1),
+            ConvGeluBN(channels, channels, 3, 1),
+        )
+
+
+class PatchAggregation(nn.Module):
+    """2x2 conv stride 2, flatten to tokens, LayerNorm: halves the map between stages."""
+
+    complexity = staticmethod(complexity.patch_aggregation_cost)
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 2, 2, bias=True)
+        self.norm = nn.LayerNorm(c_out, eps=LN_EPS_PATCH)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.conv(x)
+        h, w = x.shape[-2:]
+        return self.norm(map_to_tokens(x)), h, w
+
+
+class LocalPerceptionUnit(nn.Module):
+    """LPU: x + DWConv3x3(x), on the image view."""
+
+    complexity = staticmethod(complexity.local_perception_unit_cost)
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x)
+
+
+class KVReduction(nn.Module):
+    """Shrinks the key/value map by `ratio` in each direction before K and V projections."""
+
+    complexity = staticmethod(complexity.kv_reduction_cost)
+
+    def __init__(self, dim: int, ratio: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        if kind == "dwconv_bn":
+            self.conv = nn.Conv2d(dim, dim, ratio, ratio, groups=dim, bias=True)
+            self.norm = nn.BatchNorm2d(dim, eps=BN_EPS)
+        elif kind == "conv_ln":
+            self.conv = nn.Conv2d(dim, dim, ratio, ratio, bias=True)
+            self.norm = nn.LayerNorm(dim, eps=LN_EPS_PATCH)
+        elif kind == "avgpool":
+            self.pool = nn.AvgPool2d(ratio, ratio)
+        else:
+            raise ValueError(f"unknown reduction kind {kind!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N / ratio^2, C) tokens."""
+        if self.kind == "avgpool":
+            return map_to_tokens(self.pool(x))
+        if self.kind == "dwconv_bn":
+            return map_to_tokens(self.norm(self.conv(x)))
+        return self.norm(map_to_tokens(self.conv(x)))
+
+
+def new_position_bias(heads: int, h: int, w: int, reduction: int) -> nn.Parameter:
+    """Learnable bias (heads, N, N / k^2), initialised from N(0, 1) as released."""
+    return nn.Parameter(torch.randn(heads, h * w, (h // reduction) * (w // reduction)))
+
+
+def resample_position_bias(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
+                           new_q: tuple[int, int], new_kv: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resampling of a (heads, Nq, Nk) bias over its query grid, then its key grid."""
+    if (q_grid, kv_grid) == (new_q, new_kv):
+        return bias
+    heads, n_kv = bias.shape[0], bias.shape[2]
+    x = bias.reshape(heads, q_grid[0], q_grid[1], n_kv).permute(0, 3, 1, 2)
+    if new_q != q_grid:
+        x = F.interpolate(x, size=new_q, mode="bicubic", align_corners=False)
+    n_q = new_q[0] * new_q[1]
+    x = x.reshape(heads, kv_grid[0], kv_grid[1], n_q).permute(0, 3, 1, 2)
+    if new_kv != kv_grid:
+        x = F.interpolate(x, size=new_kv, mode="bicubic", align_corners=False)
+    return x.reshape(heads, n_q, new_kv[0] * new_kv[1])
+
+
+class LightweightMHSA(nn.Module):
+    """LMHSA: q from all tokens; k, v from the reduced map; softmax(q k^T * scale + B) v; proj."""
+
+    complexity = staticmethod(complexity.lmhsa_cost)
+
+    def __init__(self, dim: int, heads: int, reduction: int, qkv_bias: bool = True,
+                 reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
+                 grid: tuple[int, int] | None = None, fused: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.reduction_ratio = reduction
+        self.fused = fused
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.reduce = KVReduction(dim, reduction, reduction_kind) if reduction > 1 else None
+        self.grid = grid
+        self.position_bias = (
+            new_position_bias(heads, grid[0], grid[1], reduction) if own_position_bias and grid else None
+        )
+
+    def forward(self, x: torch.Tensor, h: int, w: int,
+                position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        kv_source = self.reduce(tokens_to_map(x, h, w)) if self.reduce is not None else x
+        m = kv_source.shape[1]
+        k = self.k(kv_source).reshape(b, m, self.heads, self.head_dim).transpose(1, 2)
+        v = self.v(kv_source).reshape(b, m, self.heads, self.head_dim).transpose(1, 2)
+        bias = position_bias  # the stage's, already at this input's grid
+        if self.position_bias is not None and self.grid is not None:
+            r = self.reduction_ratio
+            bias = resample_position_bias(
+                self.position_bias, self.grid, (self.grid[0] // r, self.grid[1] // r), (h, w), (h // r, w // r)
+            )
+        if bias is not None:
+            bias = bias.to(q.dtype)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        else:
+            logits = (q @ k.transpose(-2, -1)) * self.scale
+            if bias is not None:
+                logits = logits + bias
+            out = logits.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class IRFFN(nn.Module):
+    """IRFFN: 1x1 up, GELU, BN; DW3x3 + residual, GELU, BN; 1x1 down, BN."""
+
+    complexity = staticmethod(complexity.irffn_cost)
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.expand = ConvGeluBN(dim, hidden, 1, 1)
+        self.local = nn.Module()
+        self.local.conv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=True)
+        self.local.norm = nn.BatchNorm2d(hidden, eps=BN_EPS)
+        self.project = nn.Module()
+        self.project.conv = nn.Conv2d(hidden, dim, 1, bias=True)
+        self.project.norm = nn.BatchNorm2d(dim, eps=BN_EPS)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        y = self.expand(x)
+        y = self.local.norm(self.act(self.local.conv(y) + y))
+        return self.project.norm(self.project.conv(y))
+
+
+class CMTBlock(nn.Module):
+    """LPU, then x + LMHSA(LN(x)), then x + IRFFN(LN(x)); drop path on both branches."""
+
+    complexity = staticmethod(complexity.cmt_block_cost)
+
+    def __init__(self, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool = True,
+                 lpu: bool = True, reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
+                 grid: tuple[int, int] | None = None, fused: bool = True, drop_path: float = 0.0):
+        super().__init__()
+        self.lpu = LocalPerceptionUnit(dim) if lpu else None
+        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS_BLOCK)
+        self.attn = LightweightMHSA(dim, heads, reduction, qkv_bias, reduction_kind,
+                                    own_position_bias, grid, fused)
+        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS_BLOCK)
+        self.ffn = IRFFN(dim, hidden)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, h: int, w: int,
+                position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.lpu is not None:
+            x = map_to_tokens(self.lpu(tokens_to_map(x, h, w)))
+        x = x + self.drop_path(self.attn(self.norm1(x), h, w, position_bias))
+        y = self.ffn(tokens_to_map(self.norm2(x), h, w))
+        return x + self.drop_path(map_to_tokens(y))
+
+
+class CMTStage(nn.Module):
+    """Patch aggregation, the stage's shared position bias, then `depth` CMT blocks."""
+
+    complexity = staticmethod(complexity.cmt_stage_cost)
+
+    def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int,
+                 qkv_bias: bool = True, lpu: bool = True, reduction_kind: str = "dwconv_bn",
+                 position_bias: str = "stage", grid: tuple[int, int] = (1, 1), fused: bool = True,
+                 drop_path: list[float] | None = None):
+        super().__init__()
+        rates = drop_path or [0.0] * depth
+        self.grid = grid
+        self.reduction_ratio = reduction
+        self.downsample = PatchAggregation(c_in, dim)
+        self.position_bias = (
+            new_position_bias(heads, grid[0], grid[1], reduction) if position_bias == "stage" else None
+        )
+        self.blocks = nn.ModuleList(
+            CMTBlock(dim, heads, reduction, hidden, qkv_bias, lpu, reduction_kind,
+                     position_bias == "block", grid, fused, rates[j])
+            for j in range(depth)
+        )
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, 2H, 2W) -> (B, C, H, W)."""
+        tokens, h, w = self.downsample(x)
+        r = self.reduction_ratio
+        if h % r or w % r:
+            raise InputShapeError(
+                f"stage map {h}x{w} is not divisible by its K/V reduction ratio {r}; "
+                "choose an input size that keeps every stage divisible"
+            )
+        bias = self.position_bias
+        if bias is not None:
+            bias = resample_position_bias(bias, self.grid, (self.grid[0] // r, self.grid[1] // r),
+                                          (h, w), (h // r, w // r))
+        for block in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(block, tokens, h, w, bias, use_reentrant=False)
+            else:
+                tokens = block(tokens, h, w, bias)
+        return tokens_to_map(tokens, h, w)
+
+
+class ClassifierHead(nn.Module):
+    """1x1 conv to fc channels, BN, Swish, global average pool, dropout, linear."""
+
+    complexity = staticmethod(complexity.classifier_head_cost)
+
+    def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, fc_channels, 1, bias=True)
+        self.norm = nn.BatchNorm2d(fc_channels, eps=BN_EPS)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+        self.fc: nn.Module = nn.Linear(fc_channels, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.act(self.norm(self.conv(x))).mean(dim=(2, 3))
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)

@@ -1,0 +1,61 @@
+"""The device's dense-matmul rate, measured in the same run, as the yardstick for achieved MAC/s.
+
+A square matmul grows until one call is long enough to be efficient, then the
+best of a few timed windows is kept: a practical peak of this device, this
+dtype and this thread count, not a datasheet figure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cmt_gen.profile.timing import Clock
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    device: str
+    dtype: str
+    size: int  # n of the n x n @ n x n product
+    macs_per_s: float
+    windows: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# Sizes start where kernels are efficient and grow while one product is quick, up to the cap.
+START_SIZE = {"cpu": 1024, "cuda": 4096, "mps": 2048}
+EFFICIENT_CALL_S = {"cpu": 0.05, "cuda": 0.002, "mps": 0.005}
+MAX_SIZE = {"cpu": 2048, "cuda": 8192, "mps": 4096}
+
+
+def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: float = 0.25,
+                        windows: int = 5) -> MatmulPeak:
+    """Best MAC/s of n x n matmuls in `dtype_name` on `device` over a few timed windows.
+
+    The best window, not the median: the peak is what the device can do, and
+    other load on the machine (or a clock still ramping up) only ever slows a
+    window down. About two seconds on a CPU.
+    """
+    import torch
+
+    kind = device.split(":")[0]
+    clock = Clock(device)
+    dtype = getattr(torch, dtype_name)
+    n = START_SIZE.get(kind, 1024)
+    with torch.inference_mode():
+        while True:
+            a = torch.randn(n, n, device=device, dtype=dtype)
+            b = torch.randn(n, n, device=device, dtype=dtype)
+            clock.time(lambda a=a, b=b: a @ b, 1)  # first call pays for kernel selection
+            seconds = clock.time(lambda a=a, b=b: a @ b, 1)
+            if seconds >= EFFICIENT_CALL_S.get(kind, 0.01) or n * 2 > MAX_SIZE.get(kind, 4096):
+                break
+            n *= 2
+        calls = max(1, int(window_s / max(seconds, 1e-9)))
+        best = 0.0
+        for _ in range(windows):
+            elapsed = clock.time(lambda a=a, b=b: a @ b, calls)
+            best = max(best, calls * n ** 3 / elapsed)
+    return MatmulPeak(device=device, dtype=dtype_name, size=n, macs_per_s=best, windows=windows)

@@ -1,0 +1,35 @@
+"""The specs that ship with cmt-gen: where they live and how a name finds one."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+
+def bundled_dir() -> Path:
+    """The folder of bundled specs: `cmt_gen/specs` in an installed wheel, `specs/` in a checkout."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "specs"
+    return installed if installed.is_dir() else package.parent / "specs"
+
+
+def bundled_names() -> list[str]:
+    return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
+
+
+def bundled_path(name: str) -> Path | None:
+    key = name.strip().lower().replace("-", "_")
+    path = bundled_dir() / f"{key}.yaml"
+    return path if path.is_file() else None
+
+
+def looks_like_path(source: str) -> bool:
+    return source.endswith((".yaml", ".yml", ".json")) or os.sep in source or "/" in source
+
+
+def unknown_name_rule(text: str) -> str:
+    hint = difflib.get_close_matches(text.lower().replace("-", "_"), bundled_names(), n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})"
+

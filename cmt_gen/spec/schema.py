@@ -1,0 +1,203 @@
+"""The typed schema of a CMT spec: the single source of truth for every tool.
+
+Field names follow the paper: per stage C_i (`channels`), depth, heads,
+K/V reduction ratio k (`reduction`) and IRFFN expansion ratio E (`expansion`).
+Defaults reproduce the released network; options beyond it are explicit.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+
+from cmt_gen.spec.quantity import parse_quantity, printed_interval
+
+Quantity = Annotated[float, BeforeValidator(parse_quantity)]
+
+
+def _printed(value: object) -> str:
+    """Keep a paper figure as printed ('0.6G'): its digits say how precise it is."""
+    parse_quantity(value)
+    return str(value).strip()
+
+
+PrintedQuantity = Annotated[str, BeforeValidator(_printed)]
+
+# Strict scalars: YAML's `true` must not become 1, nor 224.5 become 224.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class AttentionImpl(str, Enum):
+    """How LMHSA computes attention: both give the same numbers to fp32 tolerance."""
+
+    fused = "fused"  # torch scaled_dot_product_attention
+    math = "math"  # explicit q @ k^T, softmax, @ v (as released)
+
+
+class ReductionKind(str, Enum):
+    """How keys and values are spatially reduced by the ratio k."""
+
+    dwconv_bn = "dwconv_bn"  # released CMT: depthwise k x k conv stride k, then BatchNorm
+    avgpool = "avgpool"  # parameter-free k x k average pooling
+    conv_ln = "conv_ln"  # PVT: full k x k conv stride k, then LayerNorm
+
+
+class PositionBias(str, Enum):
+    """Where the learnable relative position bias lives."""
+
+    stage = "stage"  # released: one bias per stage, shared by its blocks
+    block = "block"  # one bias per block
+    none = "none"  # no bias
+
+
+class StemSpec(_Strict):
+    channels: Int = Field(gt=0, description="Channels s of the three 3x3 stem convolutions.")
+
+
+class StageSpec(_Strict):
+    channels: Int = Field(gt=0, description="Channels C_i of the stage.")
+    depth: Int = Field(gt=0, description="Number of CMT blocks.")
+    heads: Int = Field(gt=0, description="Attention heads; must divide channels.")
+    reduction: Int = Field(gt=0, description="K/V spatial reduction ratio k (1 = none).")
+    expansion: Float = Field(gt=0, description="IRFFN expansion ratio E; hidden = floor(C * E).")
+
+    @property
+    def hidden(self) -> int:
+        return int(self.channels * self.expansion)
+
+
+class HeadSpec(_Strict):
+    fc_channels: Int = Field(1280, gt=0, description="Channels of the 1x1 conv before pooling.")
+    dropout: Float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+
+
+class BlockOptions(_Strict):
+    attention: AttentionImpl = AttentionImpl.fused
+    lpu: Bool = Field(True, description="Local perception unit (depthwise 3x3 + residual).")
+    reduction_kind: ReductionKind = ReductionKind.dwconv_bn
+    position_bias: PositionBias = PositionBias.stage
+
+
+class Reference(_Strict):
+    """The paper's figures for this variant, to check the built model against."""
+
+    params: PrintedQuantity | None = Field(None, description="Parameters as printed, e.g. 25.1M.")
+    macs: PrintedQuantity | None = Field(None, description="Table 2 '# FLOPs' as printed (multiply-accumulates).")
+    top1: Float | None = Field(None, ge=0, le=100)
+    top5: Float | None = Field(None, ge=0, le=100)
+    throughput: Float | None = Field(None, ge=0, description="Images/s as printed in the paper.")
+    resolution: Int | None = Field(None, gt=0)
+    source: str | None = None
+
+    def interval(self, field: str) -> tuple[float, float] | None:
+        """The range of true values that round to the printed figure."""
+        text = getattr(self, field)
+        return None if text is None else printed_interval(text)
+
+
+class Budget(_Strict):
+    """A user's own limits, checked by `cmt-gen check`."""
+
+    params: Quantity | None = None
+    macs: Quantity | None = None
+
+
+class CMTSpec(_Strict):
+    """A whole CMT network: stem, stages, head, resolution and block options."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    resolution: Int = Field(gt=0, description="Square input side the spec is built for.")
+    in_channels: Int = Field(3, gt=0)
+    num_classes: Int = Field(1000, ge=0, description="0 builds a model without classifier.")
+    stem: StemSpec
+    stages: list[StageSpec] = Field(min_length=1)
+    head: HeadSpec = HeadSpec()
+    drop_path: Float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
+    qkv_bias: Bool = True
+    block: BlockOptions = BlockOptions()
+    reference: Reference | None = None
+    provenance: list[str] = Field(default_factory=list)
+    budget: Budget | None = None
+
+    @property
+    def total_stride(self) -> int:
+        """Stem (2) and one 2x patch aggregation per stage."""
+        return 2 ** (len(self.stages) + 1)
+
+    def stage_sizes(self, height: int | None = None, width: int | None = None) -> list[tuple[int, int]]:
+        """Feature-map (H, W) of each stage for an input of the given size."""
+        h = self.resolution if height is None else height
+        w = self.resolution if width is None else width
+        return [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in range(len(self.stages))]
+
+    @model_validator(mode="after")
+    def _check_design(self) -> CMTSpec:
+        problems = design_problems(self, self.resolution, self.resolution)
+        if problems:
+            field, rule = problems[0]
+            raise _DesignRuleError(field, rule)
+        return self
+
+
+class _DesignRuleError(ValueError):
+    """Carries the field path of a cross-field rule through pydantic."""
+
+    def __init__(self, field: str, rule: str):
+        self.field = field
+        self.rule = rule
+        super().__init__(f"{field}: {rule}")
+
+
+def design_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, str]]:
+    """Cross-field rules as (field path, rule) pairs; empty when the design is legal."""
+    problems: list[tuple[str, str]] = []
+    stride = spec.total_stride
+    for side, value in (("resolution", height), ("resolution", width)):
+        if value % stride:
+            problems.append(
+                (
+                    side,
+                    f"{value} is not divisible by the total stride {stride} "
+                    f"(2 ** ({len(spec.stages)} stages + 1)); nearest legal: "
+                    f"{_nearest_multiples(value, stride)}",
+                )
+            )
+            return problems
+    for i, (stage, (h, w)) in enumerate(zip(spec.stages, spec.stage_sizes(height, width), strict=True)):
+        if stage.channels % stage.heads:
+            problems.append(
+                (f"stages.{i}.heads", f"{stage.heads} heads do not divide {stage.channels} channels")
+            )
+        if h % stage.reduction or w % stage.reduction:
+            problems.append(
+                (
+                    f"stages.{i}.reduction",
+                    f"reduction ratio {stage.reduction} does not divide the stage's "
+                    f"{h}x{w} feature map (input {height}x{width})",
+                )
+            )
+        try:
+            hidden = stage.hidden
+        except (OverflowError, ValueError):  # an infinite ratio, or channels too large for a float
+            problems.append((f"stages.{i}.expansion", "channels * expansion is not a finite number of hidden channels"))
+            continue
+        if hidden < 1:
+            problems.append(
+                (f"stages.{i}.expansion", f"floor({stage.channels} * {stage.expansion}) is 0 hidden channels")
+            )
+    return problems
+
+
+def _nearest_multiples(value: int, stride: int) -> str:
+    low = value // stride * stride
+    high = low + stride
+    return f"{high}" if low == 0 else f"{low} or {high}"

@@ -1,0 +1,17 @@
+"""Plain data and YAML text of a validated spec."""
+
+from __future__ import annotations
+
+import yaml
+
+from cmt_gen.spec.schema import CMTSpec
+
+
+def spec_to_dict(spec: CMTSpec) -> dict:
+    """Plain data of a spec, in schema order, without unset optional sections."""
+    return spec.model_dump(mode="json", exclude_none=True)
+
+
+def spec_to_yaml(spec: CMTSpec) -> str:
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None, width=100)
+
