@@ -11,10 +11,12 @@ import sys
 
 import typer
 
+from cmt_gen.cli.common import ReadableGroup
 from cmt_gen.errors import CmtGenError
 
 app = typer.Typer(
     name="cmt-gen",
+    cls=ReadableGroup,
     help="Spec-driven CMT backbones: build, count, check, profile and design.",
     no_args_is_help=True,
     add_completion=False,

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, family_order
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
-             "CMT-S's paper/code parameter gap, are shown as such and pass unless --strict); 1 any over "
-             "budget, off the paper without a documented reason, or counters disagree; 2 input errors.")
+             "CMT-S's paper/code parameter gap, are shown as such and pass unless --strict); 1 any outside "
+             "its budget, off the paper without a documented reason, or counters disagree; 2 input errors.")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("check", help=f"Check specs' parameters and MACs against Table 2 or their budget. {EXIT_HELP}")(check)
+    help_text = f"Check specs' parameters and MACs against Table 2 or their budget. {EXIT_HELP}"
+    app.command("check", cls=ReadableCommand, help=help_text)(check)
 
 
 def check(
@@ -66,7 +67,7 @@ def _target(check) -> str:
     from cmt_gen.spec.quantity import parse_quantity
 
     if check.against == "budget":
-        return f"<= {check.target} (budget)"
+        return f"{check.target} (budget)"
     suffix = check.target[-1] if check.target[-1].isalpha() else ""
     half = (check.high - check.low) / 2 / parse_quantity("1" + suffix)
     return f"{check.target} ±{half:g}{suffix}"

@@ -33,12 +33,25 @@ def emit_json(payload: Any, path: str | Path | None = None) -> None:
     write_atomic(Path(path), text)
 
 
-def fmt_count(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    from cmt_gen.spec.quantity import format_quantity
+def fmt_params(value: float | None, digits: int = 2) -> str:
+    """Parameters always in M (one unit per column: 0.60M beside 26.26M)."""
+    from cmt_gen.spec.quantity import format_params
 
-    return format_quantity(value) + unit
+    return "-" if value is None else format_params(value, digits)
+
+
+def fmt_macs(value: float | None, digits: int = 2) -> str:
+    """MACs always in G (Table 2's FLOPs column)."""
+    from cmt_gen.spec.quantity import format_macs
+
+    return "-" if value is None else format_macs(value, digits)
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Memory in MiB or GiB."""
+    from cmt_gen.spec.quantity import format_bytes
+
+    return "-" if value is None else format_bytes(value)
 
 
 def fmt_delta(ours: float, reference: float | None) -> str:
@@ -53,3 +66,60 @@ def family_order(names: list[str]) -> list[str]:
 
     order = [r.spec for r in cmt_rows()]
     return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
+
+class _ReadableParams:
+    """Help without type tags on flags (`<bool>`) and with arguments as NAME, not `{name}`.
+
+    Typer shows every option's type and wraps required arguments in braces; for a
+    flag the type says nothing, and braces read like a template placeholder.
+    """
+
+    def get_params(self, ctx):  # noqa: ANN001 - click's signature
+        params = super().get_params(ctx)
+        for param in params:
+            if param.param_type_name == "argument" and param.metavar is None:
+                param.metavar = param.name.upper()
+            if not getattr(param, "_readable", False):
+                param.display_type_rich = _readable_type(param, param.display_type_rich)
+                param._readable = True
+        return params
+
+    def collect_usage_pieces(self, ctx) -> list[str]:  # noqa: ANN001
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                continue
+            name = param.metavar + ("..." if param.nargs != 1 else "")
+            pieces.append(name if param.required else f"[{name}]")
+        subcommands = getattr(self, "subcommand_metavar", None)
+        return pieces + ([subcommands] if subcommands else [])
+
+
+def _readable_type(param, shown):
+    """A flag shows no type; a list shows its element type once: `<str>...`, not `<list[str]>`."""
+
+    def display(ctx):  # noqa: ANN001
+        if getattr(param, "is_flag", False):
+            return None
+        text = shown(ctx)
+        if text and text.startswith("<list[") and text.endswith("]>"):
+            return f"<{text[6:-2]}>..."
+        return text
+
+    return display
+
+
+def _readable_classes():
+    from typer.core import TyperCommand, TyperGroup
+
+    class ReadableCommand(_ReadableParams, TyperCommand):
+        pass
+
+    class ReadableGroup(_ReadableParams, TyperGroup):
+        pass
+
+    return ReadableCommand, ReadableGroup
+
+
+ReadableCommand, ReadableGroup = _readable_classes()

@@ -13,7 +13,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_count, fmt_delta
+from cmt_gen.cli.common import (
+    SET_HELP,
+    ReadableCommand,
+    console,
+    emit_json,
+    err_console,
+    fmt_delta,
+    fmt_macs,
+    fmt_params,
+)
 
 DIVISOR_HELP = ("Channels become multiples of lcm(heads, DIVISOR); 8 suits tensor cores. A width factor of "
                 "exactly 1 keeps the base's channels (CMT's 46, 52, 76 are not multiples of 8).")
@@ -21,10 +30,10 @@ RANGE_HELP = "a target, met within --tolerance, or a range MIN..MAX (either end 
 
 
 def register(app: typer.Typer) -> None:
-    app.command("new")(new)
-    app.command("design")(design)
-    app.command("sample")(sample)
-    app.command("compare")(compare)
+    app.command("new", cls=ReadableCommand)(new)
+    app.command("design", cls=ReadableCommand)(design)
+    app.command("sample", cls=ReadableCommand)(sample)
+    app.command("compare", cls=ReadableCommand)(compare)
 
 
 # ---------------------------------------------------------------- new
@@ -54,14 +63,20 @@ def new(
     table = Table(title=f"{scaled.name} from {spec.name}", title_justify="left")
     for column in ("", spec.name, scaled.name, "change"):
         table.add_column(column, justify="left" if not column else "right")
-    table.add_row("resolution", str(spec.resolution), str(scaled.resolution), "")
-    table.add_row("stem channels", str(spec.stem.channels), str(scaled.stem.channels), "")
-    table.add_row("channels", _join(s.channels for s in spec.stages), _join(s.channels for s in scaled.stages), "")
-    table.add_row("depths", _join(s.depth for s in spec.stages), _join(s.depth for s in scaled.stages), "")
+    table.add_row("resolution", str(spec.resolution), str(scaled.resolution),
+                  _ratio([spec.resolution], [scaled.resolution]))
+    table.add_row("stem channels", str(spec.stem.channels), str(scaled.stem.channels),
+                  _ratio([spec.stem.channels], [scaled.stem.channels]))
+    table.add_row("channels", _join(s.channels for s in spec.stages), _join(s.channels for s in scaled.stages),
+                  _ratio([s.channels for s in spec.stages], [s.channels for s in scaled.stages]))
+    before_depth, after_depth = sum(s.depth for s in spec.stages), sum(s.depth for s in scaled.stages)
+    table.add_row("depths", _join(s.depth for s in spec.stages), _join(s.depth for s in scaled.stages),
+                  "same" if before_depth == after_depth else f"{after_depth - before_depth:+d} blocks")
     table.add_row("expansion", _join(f"{s.expansion:g}" for s in spec.stages),
-                  _join(f"{s.expansion:g}" for s in scaled.stages), "")
+                  _join(f"{s.expansion:g}" for s in scaled.stages),
+                  _ratio([s.expansion for s in spec.stages], [s.expansion for s in scaled.stages]))
     table.add_row("params", f"{before.params:,}", f"{after.params:,}", fmt_delta(after.params, before.params))
-    table.add_row("MACs", fmt_count(before.macs), fmt_count(after.macs), fmt_delta(after.macs, before.macs))
+    table.add_row("MACs", fmt_macs(before.macs, 3), fmt_macs(after.macs, 3), fmt_delta(after.macs, before.macs))
     console.print(table)
     console.print(f"wrote {escape(str(output))} (validated; provenance lists the base and every change)")
 
@@ -80,6 +95,16 @@ def _resolution_argument(text: str | None) -> tuple[float, int | None]:
     except ValueError:
         raise DesignError(f"write --resolution as pixels (288) or a factor (1.125x), got {text!r}",
                           field="--resolution") from None
+
+
+def _ratio(before: list[float], after: list[float]) -> str:
+    """'same', one factor ('x1.125') or the range of per-entry factors ('x1.14..x1.16')."""
+    factors = sorted({round(b / a, 3) for a, b in zip(before, after, strict=False)})
+    if len(before) != len(after):
+        return f"{len(after) - len(before):+d} stages"
+    if factors == [1.0]:
+        return "same"
+    return f"x{factors[0]:g}" if len(factors) == 1 else f"x{factors[0]:g}..x{factors[-1]:g}"
 
 
 def _join(values) -> str:
@@ -160,12 +185,12 @@ def _print_designs(result) -> None:
     for k, d in enumerate(result.designs, 1):
         s = d.spec
         table.add_row(str(k), str(s.resolution), str(s.stem.channels), _join(st.channels for st in s.stages),
-                      _join(st.depth for st in s.stages), f"{s.stages[0].expansion:g}", fmt_count(d.params),
-                      d.delta(result.params), f"{d.macs / 1e9:.3f}G", d.delta(result.macs), f"{d.score:.3f}",
+                      _join(st.depth for st in s.stages), f"{s.stages[0].expansion:g}", fmt_params(d.params),
+                      d.delta(result.params), fmt_macs(d.macs, 3), d.delta(result.macs), f"{d.score:.3f}",
                       style=None if d.meets else "red")
     console.print(table)
-    console.print("score: lower is better (distance from the base's proportions plus budget fit); "
-                  "MACs = Table 2's FLOPs.")
+    console.print("score: lower is better (distance from the base's proportions plus budget fit; a design "
+                  "outside the budget adds 100 x its relative miss); MACs = Table 2's FLOPs.")
 
 
 # ---------------------------------------------------------------- sample
@@ -211,7 +236,7 @@ def sample(
         table.add_column(column, justify="left" if column == "name" else "right")
     for s in result.samples[:10]:
         table.add_row(s.spec.name, str(s.spec.resolution), _join(st.channels for st in s.spec.stages),
-                      _join(s.depths), f"{s.expansion:g}", fmt_count(s.params), fmt_count(s.macs))
+                      _join(s.depths), f"{s.expansion:g}", fmt_params(s.params), fmt_macs(s.macs))
     if n > 10:
         table.add_row(f"... {n - 10} more", "", "", "", "", "", "")
     console.print(table)
@@ -237,6 +262,7 @@ def compare(
     profile: Path = typer.Option(None, "--profile", help="Results of `cmt-gen profile --json` (images/s)."),
     plot: Path = typer.Option(None, "--plot", help="Save MACs vs params with Table 2's models (.png/.svg/.pdf)."),
     only_diff: bool = typer.Option(False, "--diff", help="Show only the rows that differ."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP + " Applied to every spec."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Specs side by side, stage by stage, with differences highlighted; optionally a plot."""
@@ -246,7 +272,7 @@ def compare(
         from cmt_gen.design.plotting import check_plot_path
 
         check_plot_path(plot)
-    result = compare_specs(specs, profile)
+    result = compare_specs(specs, profile, overrides)
     if as_json:
         emit_json(result.as_dict())
     else:

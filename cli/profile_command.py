@@ -12,11 +12,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, err_console, family_order, fmt_count
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, err_console, family_order, fmt_bytes
 
 
 def register(app: typer.Typer) -> None:
-    app.command("profile")(profile)
+    app.command("profile", cls=ReadableCommand)(profile)
 
 
 def profile(
@@ -48,7 +48,8 @@ def profile(
                                                               "timm:swin_tiny_patch4_window7_224 (repeatable, "
                                                               "or comma-separated)."),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
-    json_path: Path = typer.Option(None, "--json", help="Write all records as JSON (atomically)."),
+    json_path: Path = typer.Option(None, "--json", help="Write all records as JSON (atomically); - prints "
+                                                        "them on stdout and the table on stderr."),
     csv_path: Path = typer.Option(None, "--csv", help="Write one CSV row per model (atomically)."),
     allow_slow_precision: bool = typer.Option(False, "--allow-slow-precision",
                                               help="Measure fp16/bf16 even where the CPU only emulates it."),
@@ -65,7 +66,8 @@ def profile(
     peers = [p.strip() for item in compare or [] for p in item.split(",") if p.strip()]
     peers += [a for a in args if is_peer(a)]
     names = [a for a in args if not is_peer(a)] or family_order(bundled_names())
-    json_file = check_output_path(json_path, ".json")
+    json_to_stdout = json_path is not None and str(json_path) == "-"
+    json_file = None if json_to_stdout else check_output_path(json_path, ".json")
     csv_file = check_output_path(csv_path, ".csv")
     settings = resolve_settings(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
@@ -82,7 +84,12 @@ def profile(
         targets.append(make_target(peer))
 
     run = _run_with_progress(targets, settings)
-    print_run(run)
+    print_run(run, err_console if json_to_stdout else console)
+    if json_to_stdout:
+        from cmt_gen.cli.common import emit_json
+        from cmt_gen.profile.output import run_payload
+
+        emit_json(run_payload(run))
     written = write_outputs(run, json_file, csv_file)
     for path in written:
         err_console.print(f"wrote {path}")
@@ -97,10 +104,13 @@ def profile(
 
 
 def _run_with_progress(targets, settings):
+    """A live bar on a terminal; piped, one plain line per step on stderr (stdout stays clean for --json -)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from cmt_gen.profile.runner import run_profiles
 
+    if not err_console.is_terminal:
+        return run_profiles(targets, settings, progress=_plain_progress(targets))
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=True) as bar:
@@ -113,9 +123,27 @@ def _run_with_progress(targets, settings):
         return run_profiles(targets, settings, progress=phase, on_result=lambda _r: bar.advance(task))
 
 
+def _plain_progress(targets):
+    """One line per step, prefixed with the model's place in the run and the seconds since it began."""
+    import sys
+    import time
+
+    started = time.perf_counter()
+
+    def phase(index: int, text: str) -> None:
+        where = f"[{index + 1}/{len(targets)}] {targets[index].name}" if 0 <= index < len(targets) else "[setup]"
+        print(f"{time.perf_counter() - started:6.1f}s {where}: {text}", file=sys.stderr, flush=True)
+
+    return phase
+
+
 # ---------------------------------------------------------------- rendering
 
-def print_run(run) -> None:
+def print_run(run, out=None) -> None:
+    """The results table and its footer on `out` (stdout's console unless JSON takes stdout)."""
+    from cmt_gen.cost.table2 import THROUGHPUT_LABEL
+
+    out = out or console
     s = run.settings
     env = run.env
     latency_label = "latency b1 p50/p90 ms" if s.mode == "infer" else "step p50/p90 ms"
@@ -125,7 +153,7 @@ def print_run(run) -> None:
              f"{', compiled' if s.compile else ''}")
     table = Table(title=title, title_justify="left")
     for column in ("model", "input", "batch", "img/s", "±", latency_label, "peak mem", "GMACs", "GMAC/s",
-                   "% peak", "compile s", "paper img/s", "note"):
+                   "% peak", "compile s", THROUGHPUT_LABEL, "note"):
         table.add_column(column, justify="left" if column in ("model", "note") else "right")
     for r in run.results:
         if r.error:
@@ -133,26 +161,32 @@ def print_run(run) -> None:
                           _num(r.paper_throughput), f"[red]{_escape(r.error)}[/]")
             continue
         table.add_row(
-            r.name, f"{r.resolution}", str(r.batch_size), f"{r.images_per_s:,.1f}",
+            r.name, f"{r.resolution}", str(r.batch_size),
+            f"[yellow]~{r.images_per_s:,.1f} noisy[/]" if r.noisy else f"{r.images_per_s:,.1f}",
             f"{r.spread * 100:.1f}%" if r.spread is not None else "-",
             f"{r.latency_p50_ms:,.1f} / {r.latency_p90_ms:,.1f}" if r.latency_p50_ms is not None else "-",
-            fmt_count(r.peak_memory_bytes, "B") if r.peak_memory_bytes is not None else "-",
+            fmt_bytes(r.peak_memory_bytes),
             _g(r.macs_per_image),
             f"{r.achieved_macs_per_s / 1e9:,.1f}" if r.achieved_macs_per_s else "-",
             f"{r.fraction_of_peak * 100:.1f}%" if r.fraction_of_peak is not None else "-",
             f"{r.compile_seconds:.1f}" if r.compile_seconds is not None else "-",
             _num(r.paper_throughput), _escape("; ".join(r.notes)),
         )
-    console.print(table)
-    _print_footer(run)
-    _print_ratios(run)
+    out.print(table)
+    _print_footer(run, out)
+    _print_ratios(run, out)
 
 
-def _print_footer(run) -> None:
+def _print_footer(run, console) -> None:
+    from cmt_gen.cost.table2 import THROUGHPUT_NOTE
+
     s, env = run.settings, run.env
     timing = (f"timing: warm-up {s.warmup} call(s); {s.repeats} repeats of >= {s.iters} call(s) and "
-              f">= {s.min_time:g} s; img/s = median, ± = half the min-max range")
-    console.print(timing)
+              f">= {s.min_time:g} s; img/s = median, ± = half the min-max range (- for one repeat); above "
+              f"{s.max_spread:.0%} up to {s.extend_time:g} s more repeats run and the last {s.repeats} are kept, "
+              "still above: ~ and noisy")
+    console.print(timing, soft_wrap=True)
+    console.print(THROUGHPUT_NOTE, soft_wrap=True)
     if run.matmul_peak:
         p = run.matmul_peak
         console.print(f"matmul peak here: {p.macs_per_s / 1e9:,.1f} GMAC/s ({p.dtype} {p.size}x{p.size}, best of "
@@ -168,13 +202,25 @@ def _print_footer(run) -> None:
         f"{' (' + str(env.get('cpu_capability')) + ')' if s.device_type == 'cpu' else ''}, "
         f"threads {env.get('torch_threads')}, CUDA {env.get('cuda_runtime') or '-'}, Python {env.get('python')}"
         + (f", load {load[0]} -> {load_end[0] if load_end else '?'}" if load else "")
-        + f"; {run.elapsed_s:.0f} s in all"
+        + _busy_text(env)
+        + f"; {run.elapsed_s:.0f} s in all", soft_wrap=True,
     )
+    if s.threads_note:
+        console.print(f"threads: {s.threads_note} (--threads sets it)", soft_wrap=True)
     for warning in run.warnings:
-        console.print(f"[yellow]warning:[/] {_escape(warning)}")
+        console.print(f"[yellow]warning:[/] {_escape(warning)}", soft_wrap=True)
 
 
-def _print_ratios(run) -> None:
+def _busy_text(env) -> str:
+    """Other work on the CPU before and during the run, the two numbers that say how far to trust it."""
+    before, during = env.get("busy_before"), env.get("busy_during")
+    if before is None and during is None:
+        return ""
+    show = lambda v: "?" if v is None else f"{v * 100:.0f}%"  # noqa: E731
+    return f", other work {show(before)} of the cores before, {show(during)} during"
+
+
+def _print_ratios(run, console) -> None:
     from cmt_gen.profile.peers import throughput_ratios
 
     ratios = throughput_ratios(run.results)

@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, family_order, fmt_count
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order, fmt_macs, fmt_params
 
 
 def register(app: typer.Typer) -> None:
-    app.command("build")(build)
-    app.command("validate")(validate)
-    app.command("list")(list_specs)
-    app.command("schema")(schema)
+    app.command("build", cls=ReadableCommand)(build)
+    app.command("validate", cls=ReadableCommand)(validate)
+    app.command("list", cls=ReadableCommand)(list_specs)
+    app.command("schema", cls=ReadableCommand)(schema)
 
 
 def build(
@@ -68,11 +68,11 @@ def print_stage_table(summary) -> None:
             row.part, f"{row.height}x{row.width}",
             f"{row.tokens:,}" if is_stage else "-", f"{row.kv_tokens:,}" if is_stage else "-",
             str(row.channels), str(row.depth), str(row.heads) if is_stage else "-",
-            str(row.reduction) if is_stage else "-", f"{row.params:,}", fmt_count(row.macs),
+            str(row.reduction) if is_stage else "-", f"{row.params:,}", fmt_macs(row.macs, 3),
         )
     table.add_section()
     table.add_row("total", "", "", "", "", str(sum(s.depth for s in spec.stages)), "", "",
-                  f"{summary.cost.params:,}", fmt_count(summary.cost.macs))
+                  f"{summary.cost.params:,}", fmt_macs(summary.cost.macs, 3))
     console.print(table)
     console.print("MACs = multiply-accumulates of convolutions, linear layers and attention matmuls "
                   "(what Table 2 calls FLOPs).")
@@ -116,8 +116,8 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
                    "paper top-1", "paper img/s"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in records:
-        table.add_row(r["name"], str(r["resolution"]), fmt_count(r["params"]), r["paper_params"] or "-",
-                      fmt_count(r["macs"]), r["paper_macs"] or "-",
+        table.add_row(r["name"], str(r["resolution"]), fmt_params(r["params"]), r["paper_params"] or "-",
+                      fmt_macs(r["macs"]), r["paper_macs"] or "-",
                       f"{r['paper_top1']}%" if r["paper_top1"] else "-",
                       str(r["paper_throughput"] or "-"))
     console.print(table)

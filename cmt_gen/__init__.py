@@ -1,13 +1,9 @@
 """cmt-gen: CMT architectures from YAML specs, with exact costs, profiles and design tools.
 
 Names are imported lazily so that `import cmt_gen` (and the CLI's light
-commands) never pull in torch unless a torch-backed function is used.
+commands) never pull in torch unless a torch-backed function is used. The
+module keeps no helper names of its own, so `dir(cmt_gen)` lists the API.
 """
-
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -30,12 +26,15 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'cmt_gen' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public API and the version; submodules and dunders stay out of the listing."""
+    return sorted([*__all__, "__version__"])

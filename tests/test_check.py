@@ -194,7 +194,7 @@ def test_check_all_prints_five_variants_with_verdicts(cli) -> None:
     for name in FIVE:
         verdict = check_budget(name).verdict
         assert re.search(rf"{name}\b.*{re.escape(verdict)}", result.out), name
-    assert "multiply-accumulates" in result.out and "0.55B to 0.65B" in result.out
+    assert "multiply-accumulates" in result.out and "0.55G to 0.65G" in result.out
     assert "26,256,160" in result.out and "25.1M" in result.out
 
 

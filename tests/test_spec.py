@@ -52,8 +52,9 @@ def test_quantity_formatting_and_printed_interval():
 
 def test_spec_quantity_fields():
     spec = load_spec("cmt_s", ["budget.params=25.1M", "budget.macs=4.0G"])
-    assert spec.budget.params == pytest.approx(25.1e6)
-    assert spec.budget.macs == pytest.approx(4.0e9)
+    # A plain budget figure is an upper limit, kept as written.
+    assert spec.budget.params.max == "25.1M" and spec.budget.params.bounds("params") == (0.0, pytest.approx(25.1e6))
+    assert spec.budget.macs.bounds("macs") == (0.0, pytest.approx(4.0e9))
     assert spec.reference.params == "25.1M"  # paper figures stay as printed: their digits are their precision
     assert spec.reference.interval("macs") == (pytest.approx(3.95e9), pytest.approx(4.05e9))
     with pytest.raises(SpecError, match="not a quantity"):

@@ -1,8 +1,9 @@
 """`check_budget(spec)`: a spec's parameters and MACs against the paper's figures or the user's budget.
 
 Tolerances follow what was printed, never a percentage chosen to make a row
-pass: Table 2's `0.6B` stands for 0.55B to 0.65B, `25.1M` for 25.05M to
-25.15M. A user's `budget:` is an upper limit. Two kinds of documented
+pass: Table 2's `0.6B` (0.6G) stands for 0.55G to 0.65G, `25.1M` for 25.05M to
+25.15M. A user's `budget:` figure is a target within its tolerance, a
+min..max range, or (a plain figure) an upper limit. Two kinds of documented
 deviation from the paper are reported as such, visibly and with both numbers,
 instead of as a match or a plain failure:
 
@@ -15,7 +16,7 @@ instead of as a match or a plain failure:
   output, or the row fails like any other.
 
 Exit codes (`exit_code`), as the issue set them: 0 all within reference or
-budget; 1 any spec over its budget, off the paper without a documented reason,
+budget; 1 any spec outside its budget, off the paper without a documented reason,
 or counted differently by two counters; 2 is left to input errors. A
 documented deviation exits 0 but is never silent: its row says
 "paper/code discrepancy" or "derived config" with both numbers, and
@@ -31,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cmt_gen.errors import CmtGenError
-from cmt_gen.spec.quantity import format_quantity, printed_interval
-from cmt_gen.spec.schema import CMTSpec, design_problems
+from cmt_gen.spec.quantity import format_in_unit, parse_quantity, printed_interval
+from cmt_gen.spec.schema import BudgetLimit, CMTSpec, design_problems
 
 COUNTERS = ("analytic", "fvcore", "both")
 DISCREPANCY_PREFIX = "paper/code discrepancy"
@@ -43,12 +44,13 @@ COUNTER_AGREEMENT = 1e-3  # analytic vs fvcore MACs, relative
 MACS_UNIT = ("MACs = multiply-accumulates of convolutions, linear layers and attention matmuls "
              "(what Table 2 calls FLOPs; torch's FlopCounterMode reports 2 FLOPs per MAC)")
 FVCORE_UNIT = "fvcore total = fvcore's own count: these MACs plus batch/layer norms and pooling"
-TOLERANCE_RULE = ("paper figures are checked to the precision printed (0.6B means 0.55B to 0.65B, "
-                  "25.1M means 25.05M to 25.15M); budgets are upper limits")
+TOLERANCE_RULE = ("paper figures are checked to the precision printed (0.6G means 0.55G to 0.65G, "
+                  "25.1M means 25.05M to 25.15M); a budget target passes within its tolerance, a range "
+                  "between its ends, a single figure as a maximum")
 
 # Verdicts, worst first: a spec's verdict is the worst of its figures'.
 COUNTERS_DISAGREE = "counters disagree"
-OVER_BUDGET = "over budget"
+OVER_BUDGET = "outside budget"
 DIFFERS = "differs from paper"
 DISCREPANCY = "paper/code discrepancy"
 DERIVED = "derived config"
@@ -290,7 +292,8 @@ def _paper_check(spec: CMTSpec, quantity: str, ours: int) -> FigureCheck:
     if low <= ours <= high:
         return check
     what = (f"{spec.reference.source or 'the paper'} prints {printed} {_label(quantity)} "
-            f"({format_quantity(low, 3)} to {format_quantity(high, 3)}), this spec counts {ours:,} ({delta:+.2f}%)")
+            f"({format_in_unit(low, quantity, 3)} to {format_in_unit(high, quantity, 3)}), "
+            f"this spec counts {ours:,} ({delta:+.2f}%)")
     line = _documented_line(spec, DISCREPANCY_PREFIX, quantity)
     if line is not None:
         check.status = DISCREPANCY
@@ -307,11 +310,18 @@ def _paper_check(spec: CMTSpec, quantity: str, ours: int) -> FigureCheck:
     return check
 
 
-def _budget_check(quantity: str, ours: int, limit: float) -> FigureCheck:
-    number, suffix = format_quantity(limit, 3)[:-1], format_quantity(limit, 3)[-1]
-    text = (number.rstrip("0").rstrip(".") + suffix) if suffix.isalpha() else format_quantity(limit)
-    delta = _delta(ours, limit)
-    if ours <= limit:
-        return FigureCheck(quantity, "budget", ours, text, None, limit, delta, WITHIN_BUDGET)
-    note = f"{_label(quantity)}: over budget: {ours:,} is {delta:+.2f}% over the budget of {text}"
-    return FigureCheck(quantity, "budget", ours, text, None, limit, delta, OVER_BUDGET, note)
+def _budget_check(quantity: str, ours: int, limit: BudgetLimit) -> FigureCheck:
+    """Against the user's budget as written: a target within its tolerance, or a min/max range."""
+    low, high = limit.bounds(quantity)
+    if limit.target is not None:
+        text = f"{limit.target} ±{limit.tolerance_text(quantity)}"
+        delta = _delta(ours, parse_quantity(limit.target))
+    else:
+        text = (f"{limit.min}..{limit.max}" if limit.min and limit.max
+                else f"<= {limit.max}" if limit.max else f">= {limit.min}")
+        delta = _delta(ours, high) if ours > high or limit.min is None else _delta(ours, max(low, 1.0))
+    if low <= ours <= high:
+        return FigureCheck(quantity, "budget", ours, text, low or None, high, delta, WITHIN_BUDGET)
+    side = "over" if ours > high else "under"
+    note = f"{_label(quantity)}: {side} budget: {ours:,} is outside the budget of {text} ({delta:+.2f}%)"
+    return FigureCheck(quantity, "budget", ours, text, low or None, high, delta, OVER_BUDGET, note)

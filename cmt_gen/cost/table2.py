@@ -20,6 +20,13 @@ from dataclasses import asdict, dataclass
 from cmt_gen.spec.quantity import parse_quantity, printed_interval
 
 SOURCE = "CMT paper (CVPR 2022), Table 2"
+# Where Table 2's throughput column was measured: by the authors on an NVIDIA V100 GPU; the paper does not
+# print the precision or batch size. Every column showing these figures beside local ones names this.
+THROUGHPUT_DEVICE = "V100 GPU"
+THROUGHPUT_PRECISION = "precision not stated"
+THROUGHPUT_LABEL = f"paper img/s ({THROUGHPUT_DEVICE})"
+THROUGHPUT_NOTE = (f"paper img/s = Table 2's throughput, measured by the authors on a {THROUGHPUT_DEVICE} "
+                   f"({THROUGHPUT_PRECISION}); not comparable with numbers measured here")
 
 
 @dataclass(frozen=True)

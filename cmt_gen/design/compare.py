@@ -16,7 +16,7 @@ from typing import Any
 
 from cmt_gen.cost.analytic import ModelCost, analytic_cost
 from cmt_gen.errors import CmtGenError
-from cmt_gen.spec.quantity import format_quantity
+from cmt_gen.spec.quantity import format_macs, format_params
 from cmt_gen.spec.schema import CMTSpec
 
 NAME_KEYS = ("name", "spec", "spec_name", "model", "variant")
@@ -182,13 +182,17 @@ def _stage_value(spec: CMTSpec, i: int, getter: Callable[[Any], Any]) -> Any:
 
 
 def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
-                  profile: str | Path | Mapping[str, Throughput] | None = None) -> Comparison:
-    """Load specs and lay them side by side: layout, cost per stage, totals, paper figures, speed."""
+                  profile: str | Path | Mapping[str, Throughput] | None = None,
+                  overrides: Sequence[str] | None = None) -> Comparison:
+    """Load specs and lay them side by side: layout, cost per stage, totals, paper figures, speed.
+
+    `overrides` (`--set`) apply to every spec loaded from a name, path or dict.
+    """
     from cmt_gen.spec.loading import load_spec
 
     if not sources:
         raise CmtGenError("give at least one spec to compare", field="specs")
-    specs = [s if isinstance(s, CMTSpec) else load_spec(s) for s in sources]
+    specs = [s if isinstance(s, CMTSpec) else load_spec(s, overrides) for s in sources]
     labels = [s.name if isinstance(src, (CMTSpec, Mapping)) else str(src) for s, src in zip(specs, sources,
                                                                                             strict=True)]
     costs = [analytic_cost(s) for s in specs]
@@ -198,7 +202,6 @@ def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
         rows.append(Row(section, label, ["-" if v is None else show(v) for v in raw], raw))
 
     count = lambda v: f"{v:,}"  # noqa: E731
-    short = lambda v: format_quantity(v)  # noqa: E731
     add("spec", "name", [s.name for s in specs])
     add("input", "resolution", [s.resolution for s in specs])
     add("stem", "channels", [s.stem.channels for s in specs])
@@ -214,7 +217,8 @@ def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
         add(section, "expansion (hidden)", [_stage_value(s, i, lambda st: (st.expansion, st.hidden)) for s in specs],
             lambda v: f"{v[0]:g} ({v[1]})")
         add(section, "params", [c.part(f"stage{i}").params if i < len(c.stages) else None for c in costs], count)
-        add(section, "MACs", [c.part(f"stage{i}").macs if i < len(c.stages) else None for c in costs], short)
+        add(section, "MACs", [c.part(f"stage{i}").macs if i < len(c.stages) else None for c in costs],
+            lambda v: format_macs(v, 3))
     add("head", "fc channels", [s.head.fc_channels for s in specs])
     add("head", "classes", [s.num_classes for s in specs])
     add("head", "dropout", [s.head.dropout for s in specs])
@@ -224,8 +228,8 @@ def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
         add("options", option, [_option(getattr(s.block, option)) for s in specs])
     add("total", "depth", [sum(st.depth for st in s.stages) for s in specs])
     add("total", "params", [c.params for c in costs], count)
-    add("total", "MACs", [c.macs for c in costs], lambda v: f"{v / 1e9:.3f}G")
-    add("total", "activations", [c.activations for c in costs], short)
+    add("total", "MACs", [c.macs for c in costs], lambda v: format_macs(v, 3))
+    add("total", "activations", [c.activations for c in costs], format_params)  # elements, in M
     if any(s.reference is not None for s in specs):
         add("paper", "params", [s.reference.params if s.reference else None for s in specs])
         add("paper", "MACs (Table 2 FLOPs)", [s.reference.macs if s.reference else None for s in specs])

@@ -16,7 +16,7 @@ from cmt_gen.design.scaling import (
     check_resolution,
     resolution_step,
 )
-from cmt_gen.spec.quantity import format_quantity, parse_quantity
+from cmt_gen.spec.quantity import format_in_unit, parse_quantity, quantity_text
 from cmt_gen.spec.schema import CMTSpec
 
 DEFAULT_TOLERANCE = (0.01, 0.02)  # params, MACs
@@ -70,16 +70,36 @@ class Constraint:
         return "MACs" if self.quantity == "macs" else self.quantity
 
     def describe(self) -> str:
+        """The budget in its quantity's unit (params in M, MACs in G), e.g. '74.7M within 1%', '..6G'."""
         if self.target is not None:
-            return f"{format_quantity(self.target)} within {self.tolerance * 100:g}%"
-        low = format_quantity(self.lo) if self.lo > 0 else ""
-        high = "" if math.isinf(self.hi) else format_quantity(self.hi)
+            return f"{quantity_text(self.target, self.quantity)} within {self.tolerance * 100:g}%"
+        low = format_in_unit(self.lo, self.quantity) if self.lo > 0 else ""
+        high = "" if math.isinf(self.hi) else format_in_unit(self.hi, self.quantity)
         return f"{low}..{high}"
 
 
-def upper_limits(*constraints: Constraint | None) -> dict[str, float]:
-    """The finite maxima of a budget, as a spec's `budget:` records them (`cmt-gen check` reads them)."""
-    return {c.quantity: c.hi for c in constraints if c is not None and math.isfinite(c.hi)}
+def budget_record(*constraints: Constraint | None) -> dict[str, dict[str, str]]:
+    """A budget as the user gave it, for a spec's `budget:` (`cmt-gen check` checks against it).
+
+    A target keeps its tolerance (`{target: 74.7M, tolerance: 1%}`), a range its
+    ends (`{min: 4G, max: 6G}`); figures are text in M (params) or G (MACs).
+    """
+    record: dict[str, dict[str, str]] = {}
+    for c in constraints:
+        if c is None:
+            continue
+        if c.target is not None:
+            record[c.quantity] = {"target": quantity_text(c.target, c.quantity),
+                                  "tolerance": f"{c.tolerance * 100:g}%"}
+            continue
+        limits = {}
+        if c.lo > 0:
+            limits["min"] = quantity_text(c.lo, c.quantity)
+        if math.isfinite(c.hi):
+            limits["max"] = quantity_text(c.hi, c.quantity)
+        if limits:
+            record[c.quantity] = limits
+    return record
 
 
 def parse_tolerance(value: str | float | Sequence[float] | None) -> tuple[float, float]:
@@ -132,7 +152,8 @@ def parse_budget(quantity: str, value: object, tolerance: float) -> Constraint |
         lo = 0.0 if value[0] is None else _quantity(value[0], quantity)
         hi = math.inf if value[1] is None else _quantity(value[1], quantity)
         if lo > hi:
-            raise DesignError(f"range minimum {format_quantity(lo)} is above its maximum {format_quantity(hi)}",
+            raise DesignError(f"range minimum {format_in_unit(lo, quantity)} is above its maximum "
+                              f"{format_in_unit(hi, quantity)}",
                               field=f"--{quantity}")
         if hi == 0:
             raise DesignError("a range up to 0 admits no network", field=f"--{quantity}")

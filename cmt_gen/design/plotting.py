@@ -1,6 +1,6 @@
 """A picture of MACs against parameters: your specs among the paper's Table 2 models.
 
-matplotlib is an optional extra (`pip install 'cmt-gen[plot]'`); nothing else
+matplotlib is an optional extra (`pip install -e ".[plot]"`); nothing else
 in cmt-gen imports it. Log axes, because Table 2 spans 6M to 99M parameters
 and 0.6G to 78G MACs. With profile results the user's specs are coloured by
 measured images/s.
@@ -29,12 +29,21 @@ class PlotPoint:
     throughput: float | None = None
 
 
+PLOT_HINT = 'pip install -e ".[plot]" in your cmt-gen checkout (or pip install matplotlib)'
+
+
+def require_matplotlib() -> None:
+    """Fail before any work (or output) when matplotlib is missing; the hint fits a from-checkout install."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise CmtGenError(f"--plot needs matplotlib: {PLOT_HINT}", field="plot")
+
+
 def _pyplot():
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        raise CmtGenError("--plot needs matplotlib: pip install 'cmt-gen[plot]' (or pip install matplotlib)",
-                          field="plot") from None
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -42,13 +51,14 @@ def _pyplot():
 
 
 def check_plot_path(path: str | Path) -> Path:
-    """Fail before any work if the picture cannot be written."""
+    """Fail before any work if the picture cannot be written (bad suffix, no folder, no matplotlib)."""
     path = Path(path)
     if path.suffix.lower() not in FORMATS:
         raise CmtGenError(f"a plot is saved as {', '.join(FORMATS)}, not {path.suffix or 'no suffix'}",
                           source=str(path))
     if not (path.parent if str(path.parent) else Path(".")).is_dir():
         raise CmtGenError("output folder does not exist", source=str(path))
+    require_matplotlib()
     return path
 
 

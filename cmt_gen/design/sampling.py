@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmt_gen.design.constraints import Constraint, parse_budget, parse_tolerance, resolution_choices, upper_limits
+from cmt_gen.design.constraints import Constraint, budget_record, parse_budget, parse_tolerance, resolution_choices
 from cmt_gen.design.cost_model import CostModel, check_multiplier_range
 from cmt_gen.design.scaling import (
     DEFAULT_DIVISOR,
@@ -37,7 +37,7 @@ from cmt_gen.design.scaling import (
     scaled_widths,
 )
 from cmt_gen.design.search import nearest_bundled
-from cmt_gen.spec.quantity import format_quantity
+from cmt_gen.spec.quantity import format_in_unit
 from cmt_gen.spec.schema import CMTSpec
 
 MAX_SAMPLES = 100_000
@@ -163,7 +163,7 @@ def sample_specs(
         if not all(c.meets(p if c.quantity == "params" else m) for c in constraints):
             continue
         seen.add(shape)
-        samples.append(_realise(spec, label, shape, len(samples), seed, width, expansion, upper_limits(*constraints)))
+        samples.append(_realise(spec, label, shape, len(samples), seed, width, expansion, budget_record(*constraints)))
     return SampleResult(samples, n, tries, label, constraints)
 
 
@@ -183,11 +183,12 @@ def _check_reach(spec: CMTSpec, label: str, model: CostModel, constraints: list[
         low, high = corners[0][k], corners[1][k]
         if c.hi < low or c.lo > high:
             raise DesignError(f"no spec sampled around {label} can meet {c.label} {c.describe()}: the space spans "
-                              f"{format_quantity(low)}..{format_quantity(high)}", field=f"--{c.quantity}")
+                              f"{format_in_unit(low, c.quantity)}..{format_in_unit(high, c.quantity)}",
+                              field=f"--{c.quantity}")
 
 
 def _realise(base: CMTSpec, label: str, shape: Shape, index: int, seed: int, width: float,
-             expansion: float, budget: dict[str, float]) -> Sample:
+             expansion: float, budget: dict[str, dict[str, str]]) -> Sample:
     from cmt_gen.cost.analytic import analytic_cost
 
     effective = shape.channels[0] / base.stages[0].channels

@@ -17,8 +17,8 @@ Rounding rules, shared by `new`, `design` and `sample`:
   legal: it is the user's number, so it is refused rather than moved.
 
 A derived spec drops the base's `reference` (it is no longer the paper's model)
-and `budget` (a designed or sampled spec records its own budget's upper
-limits instead), and its provenance lists the base and every changed field.
+and `budget` (a designed or sampled spec records the budget it was made for,
+as the user gave it), and its provenance lists the base and every changed field.
 """
 
 from __future__ import annotations
@@ -165,10 +165,11 @@ def resolve_base(base: CMTSpec | str | Path | Mapping) -> tuple[CMTSpec, str]:
 
 def derive_spec(base: CMTSpec, shape: Shape, *, name: str, description: str, provenance: Sequence[str],
                 overrides: Sequence[str] | Mapping[str, Any] | None = None,
-                budget: Mapping[str, float] | None = None) -> CMTSpec:
+                budget: Mapping[str, Mapping[str, str]] | None = None) -> CMTSpec:
     """A validated spec: the base with `shape` applied, no stale reference, full provenance.
 
-    `budget` ({'params': max, 'macs': max}) records the user's upper limits for `cmt-gen check`.
+    `budget` (`constraints.budget_record`: target and tolerance, or min/max, as text) is what
+    `cmt-gen check` later checks the spec against.
     """
     from cmt_gen.spec.loading import apply_override, parse_override
     from cmt_gen.spec.serialize import spec_to_dict

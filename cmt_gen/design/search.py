@@ -39,10 +39,10 @@ from pathlib import Path
 
 from cmt_gen.design.constraints import (
     Constraint,
+    budget_record,
     parse_budget,
     parse_tolerance,
     resolution_choices,
-    upper_limits,
 )
 from cmt_gen.design.cost_model import CostModel, Space, build_space
 from cmt_gen.design.results import Design, DesignResult
@@ -55,7 +55,7 @@ from cmt_gen.design.scaling import (
     resolve_base,
     round_depth,
 )
-from cmt_gen.spec.quantity import format_quantity
+from cmt_gen.spec.quantity import format_in_unit
 from cmt_gen.spec.schema import CMTSpec
 
 # ---------------------------------------------------------------- search
@@ -362,6 +362,7 @@ def design_specs(
     ranked = search.ranked(search.best if feasible else search.nearest)[:top]
     designs = [_realise(spec, label, shape, params_c, macs_c, search, rank, name, divisor)
                for rank, (shape, _, _, _) in enumerate(ranked, 1)]
+    designs.sort(key=lambda d: d.score)  # stable: ties keep the search's order
     return DesignResult(spec, label, params_c, macs_c, designs, feasible, search.evaluated,
                         time.perf_counter() - start, space, bounds)
 
@@ -381,8 +382,8 @@ def _refuse_impossible(spec: CMTSpec, label: str, params: Constraint | None, mac
         low, high = bounds[c.quantity]
         if c.hi < low or c.lo > high:  # exact: cost grows along every axis of the space
             raise DesignError(
-                f"no CMT can meet {c.label} {c.describe()}: {reach} span {format_quantity(low)}.."
-                f"{format_quantity(high)}", field=f"--{c.quantity}")
+                f"no CMT can meet {c.label} {c.describe()}: {reach} span {format_in_unit(low, c.quantity)}.."
+                f"{format_in_unit(high, c.quantity)}", field=f"--{c.quantity}")
     if params is not None and macs is not None:
         low, high = bounds["macs_per_param"]
         want_low = macs.lo / params.hi
@@ -399,7 +400,9 @@ def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None,
     """Turn a shape into a validated spec and recount it with `analytic_cost`."""
     from cmt_gen.cost.analytic import analytic_cost
 
-    score = search.penalty(shape, *search.model.cost(shape))
+    # The score the designs are ranked by: a near miss also pays 100x its relative distance from the budget,
+    # so the "nearest designs" table reads in order of its own score column.
+    score = search.penalty(shape, *search.model.cost(shape)) + 100 * search.violation(*search.model.cost(shape))
     budget = ", ".join(f"{c.label} {c.describe()}" for c in (params, macs) if c is not None)
     width = shape.channels[0] / base.stages[0].channels
     summary = (f"designed by cmt-gen design from {label} for {budget} (rank {rank}, score {score:.3f}): "
@@ -407,7 +410,7 @@ def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None,
                f"{shape.resolution} px; channels rounded to multiples of lcm(heads, {divisor})")
     spec = derive_spec(base, shape, name=name or f"{base.name}_design",
                        description=f"Designed by cmt-gen from {base.name} for {budget}.",
-                       provenance=[summary, *Shape.of(base).changes(shape)], budget=upper_limits(params, macs))
+                       provenance=[summary, *Shape.of(base).changes(shape)], budget=budget_record(params, macs))
     cost = analytic_cost(spec)
     expected = search.model.cost(shape)
     if (cost.params, cost.macs) != expected:

@@ -49,12 +49,87 @@ def cpu_busy_fraction(window_s: float = 0.25) -> float | None:
     return None if total <= 0 else max(0.0, 1.0 - (idle1 - idle0) / total)
 
 
-def busy_warning(device: str) -> str | None:
-    """A warning when other work already loads the CPU: CPU timings are then slow and noisy."""
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat; None where there is none."""
+    stat = Path("/proc/stat")
+    try:
+        fields = [int(v) for v in stat.read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+class LoadMeter:
+    """Share of the machine's cores busy with OTHER work over a span (this process's CPU time removed).
+
+    /proc/stat counts every process; the process's own user+system time (all its
+    threads) is subtracted, so what is left is load that competes with the
+    measurement. None where /proc/stat is missing.
+    """
+
+    def __init__(self) -> None:
+        self._start: tuple[tuple[int, int] | None, float, float] | None = None
+
+    def start(self) -> LoadMeter:
+        self._start = (_cpu_jiffies(), _own_cpu_seconds(), time.perf_counter())
+        return self
+
+    def other_busy(self) -> float | None:
+        if self._start is None:
+            return None
+        jiffies0, own0, wall0 = self._start
+        jiffies1, own1, wall1 = _cpu_jiffies(), _own_cpu_seconds(), time.perf_counter()
+        if jiffies0 is None or jiffies1 is None or jiffies1[1] <= jiffies0[1]:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        cores = os.cpu_count() or 1
+        busy_s = (jiffies1[0] - jiffies0[0]) / ticks
+        total_s = (jiffies1[1] - jiffies0[1]) / ticks or (wall1 - wall0) * cores
+        other = (busy_s - (own1 - own0)) / total_s
+        return round(min(1.0, max(0.0, other)), 3)
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def free_cores(busy: float | None = None) -> tuple[int, int, float | None]:
+    """(cores free of other work, cores, busy fraction): a core counts as free when under half used."""
+    cores = os.cpu_count() or 1
+    busy = cpu_busy_fraction() if busy is None else busy
+    if busy is None:
+        load = load_average()
+        busy = None if load is None else min(1.0, load[0] / cores)
+    if busy is None:
+        return cores, cores, None
+    return max(1, min(cores, round(cores * (1 - busy)))), cores, busy
+
+
+def default_threads(device: str, busy: float | None = None) -> tuple[int | None, str | None]:
+    """Threads for a CPU run when the user named none: the cores actually free, so threads do not
+    queue behind other work (two threads on a busy 2-core machine measure contention, not the model).
+    Returns (None, None) off CPU, where torch's own default is right."""
+    if device.split(":")[0] != "cpu":
+        return None, None
+    free, cores, busy = free_cores(busy)
+    if busy is None:
+        return cores, f"{cores} threads: all {cores} cores (load unknown)"
+    return free, (f"{free} thread{'s' if free != 1 else ''}: {free} of {cores} cores free "
+                  f"({busy * 100:.0f}% busy with other work before the run)")
+
+
+def busy_warning(device: str, threads_settled: bool = False, busy: float | None = None) -> str | None:
+    """A warning when other work already loads the CPU: CPU timings are then slow and noisy.
+
+    Suggests --threads 1 only when the thread count is not settled already (given, or one).
+    """
     if device.split(":")[0] != "cpu":
         return None
     cores = os.cpu_count() or 1
-    busy = cpu_busy_fraction()
+    busy = cpu_busy_fraction() if busy is None else busy
     if busy is not None:
         if busy < 0.25:
             return None
@@ -64,8 +139,23 @@ def busy_warning(device: str) -> str | None:
         if load is None or load[0] <= cores:
             return None
         what = f"load {load[0]:.1f} on {cores} cores"
-    return (f"the machine was busy before the run ({what}): CPU timings are slowed and noisy; rerun on a "
-            "quiet machine, or with --threads 1 to avoid threads waiting on each other")
+    advice = "rerun on a quiet machine" if threads_settled else \
+        "rerun on a quiet machine, or with --threads 1 to avoid threads waiting on each other"
+    return f"the machine was busy before the run ({what}): CPU timings are slowed and noisy; {advice}"
+
+
+def with_default_threads(settings: Any) -> tuple[Any, float | None]:
+    """A ProfileSettings with, on CPU without --threads, as many threads as cores are free of other work;
+    returned with the busy fraction measured before the run."""
+    from dataclasses import replace
+
+    if settings.device_type != "cpu":
+        return settings, None
+    busy = cpu_busy_fraction()
+    if settings.threads is not None:
+        return settings, busy
+    threads, note = default_threads(settings.device, busy)
+    return replace(settings, threads=threads, threads_note=note), busy
 
 
 def fingerprint(device: str) -> dict[str, Any]:

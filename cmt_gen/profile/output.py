@@ -13,7 +13,8 @@ from cmt_gen.errors import CmtGenError
 CSV_COLUMNS = (
     "name", "kind", "source", "spec_hash", "resolution", "device", "device_name", "precision", "mode",
     "channels_last", "compile", "protocol", "batch_size", "batches_tried", "images_per_s", "images_per_s_min",
-    "images_per_s_max", "spread", "repeats", "latency_batch", "latency_p50_ms", "latency_p90_ms",
+    "images_per_s_max", "spread", "noisy", "repeats_dropped", "load_during", "repeats", "latency_batch",
+    "latency_p50_ms", "latency_p90_ms",
     "latency_samples", "peak_memory_bytes", "weights_bytes", "params", "macs_per_image", "macs_source",
     "achieved_macs_per_s", "peak_macs_per_s", "fraction_of_peak", "compile_seconds", "paper_throughput",
     "elapsed_s", "torch", "threads", "error", "notes",

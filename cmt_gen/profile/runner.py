@@ -17,10 +17,11 @@ from typing import Any
 from cmt_gen.errors import CmtGenError
 from cmt_gen.profile.batch import free_device_memory, run_with_batch_decay
 from cmt_gen.profile.bench import Bench, device_flags, thread_count
+from cmt_gen.profile.env import with_default_threads
 from cmt_gen.profile.peak import MatmulPeak, measure_matmul_peak
 from cmt_gen.profile.settings import ProfileSettings, resolve_settings
 from cmt_gen.profile.targets import ModelTarget, target_from_module, target_from_spec
-from cmt_gen.profile.timing import Clock, measure_latency, measure_throughput, median, percentile
+from cmt_gen.profile.timing import Clock, measure_latency, measure_throughput, median, percentile, spread
 
 # A training step does the forward pass, then a backward pass of about twice its cost.
 TRAIN_MACS_FACTOR = 3
@@ -40,7 +41,10 @@ class ProfileResult:
     settings: dict[str, Any]
     batch_size: int | None = None  # the batch measured (after any out-of-memory decay)
     batches_tried: list[int] = field(default_factory=list)
-    images_per_s: float | None = None  # median over repeats
+    images_per_s: float | None = None  # median over the kept repeats
+    noisy: bool = False  # the kept repeats still spread more than settings.max_spread after extending
+    repeats_dropped: int = 0  # early repeats dropped when a high spread extended the run
+    load_during: float | None = None  # share of cores busy with other work while this model ran (CPU)
     images_per_s_min: float | None = None
     images_per_s_max: float | None = None
     images_per_s_repeats: list[float] = field(default_factory=list)
@@ -71,10 +75,8 @@ class ProfileResult:
 
     @property
     def spread(self) -> float | None:
-        """Half the min-max range of the repeats, relative to the median."""
-        if self.images_per_s is None or self.images_per_s_min is None or not self.images_per_s:
-            return None
-        return (self.images_per_s_max - self.images_per_s_min) / 2 / self.images_per_s
+        """Half the min-max range of the kept repeats relative to their median; None for a single repeat."""
+        return spread(self.images_per_s_repeats)
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -138,6 +140,7 @@ def profile_model(
         threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision,
     )
     target = make_target(spec_or_model, overrides=overrides, resolution=resolution)
+    settings, _ = with_default_threads(settings)
     with thread_count(settings.threads), device_flags(settings):
         from cmt_gen.profile.env import fingerprint
 
@@ -192,13 +195,17 @@ def run_profiles(
 
     Ctrl-C stops the run and returns the models already finished, marked interrupted.
     """
-    from cmt_gen.profile.env import busy_warning, fingerprint
+    from cmt_gen.profile.env import LoadMeter, busy_warning, fingerprint
 
     started = time.perf_counter()
     results: list[ProfileResult] = []
     interrupted = False
     peak: MatmulPeak | None = None
-    warnings = [w for w in (busy_warning(settings.device),) if w]
+    threads_given = settings.threads is not None
+    settings, busy = with_default_threads(settings)
+    # No "--threads 1" advice when the user chose a thread count or the run already uses one thread.
+    warnings = [w for w in (busy_warning(settings.device, threads_given or settings.threads == 1, busy),) if w]
+    run_load = LoadMeter().start()
     with thread_count(settings.threads), device_flags(settings):
         env = fingerprint(settings.device)
         try:
@@ -224,6 +231,13 @@ def run_profiles(
         except KeyboardInterrupt:
             interrupted = True
         env["load_average_end"] = _load_average()
+        env["busy_before"] = busy
+        env["busy_during"] = run_load.other_busy()
+        noisy = [r.name for r in results if r.noisy]
+        if noisy:
+            warnings.append(f"{', '.join(noisy)}: images/s still spread more than {settings.max_spread:.0%} after "
+                            f"up to {settings.extend_time:g} s of extra repeats (other work: "
+                            f"{_percent(env['busy_during'])} of the cores during the run); marked noisy")
     return ProfileRun(settings=settings, results=results, env=env, matmul_peak=peak, interrupted=interrupted,
                       elapsed_s=time.perf_counter() - started, warnings=warnings)
 
@@ -271,9 +285,11 @@ def failed_result(target: ModelTarget, settings: ProfileSettings, exc: BaseExcep
 def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: MatmulPeak | None = None,
                    progress: Progress | None = None) -> ProfileResult:
     """Build, place, warm up and time one model; the numbers of a ProfileResult."""
+    from cmt_gen.profile.env import LoadMeter
     from cmt_gen.profile.memory import memory_meter, tensor_bytes
 
     started = time.perf_counter()
+    load = LoadMeter().start()
     say = progress or (lambda _text: None)
     result = ProfileResult(
         name=target.name, kind=target.kind, spec_hash=target.content_hash, source=target.source,
@@ -311,7 +327,9 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
             compile_s = bench.first_call(clock) if settings.compile else None
             with bench.context():
                 run = measure_throughput(bench.step, batch, clock, warmup=settings.warmup, iters=settings.iters,
-                                         min_time=settings.min_time, repeats=settings.repeats, progress=say)
+                                         min_time=settings.min_time, repeats=settings.repeats,
+                                         max_spread=settings.max_spread, extend_time=settings.extend_time,
+                                         progress=say)
             return run, compile_s
 
         outcome = run_with_batch_decay(
@@ -324,11 +342,14 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
             result.notes.append(f"batch decayed on out-of-memory: {' -> '.join(map(str, outcome.tried))}")
         measured = meter.peak_bytes()
         result.peak_memory_bytes = None if measured is None else measured + resident_bytes
-        rates = run.rates
+        rates = run.window
         result.images_per_s_repeats = rates
-        result.calls_per_repeat = run.calls
+        result.calls_per_repeat = run.calls[len(run.calls) - len(rates):]
         result.images_per_s = median(rates)
         result.images_per_s_min, result.images_per_s_max = min(rates), max(rates)
+        result.noisy, result.repeats_dropped = run.noisy, run.dropped
+        if run.dropped:
+            result.notes.append(f"spread was high: {len(run.rates)} repeats run, the last {len(rates)} kept")
 
         say("latency")
         latency_batch = 1 if settings.mode == "infer" else outcome.batch
@@ -361,8 +382,16 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
                 result.notes.append("above the measured matmul peak: other load slowed the peak's measurement")
     if settings.largest_batch:
         result.notes.append(f"largest batch that fit: {result.batch_size}")
+    if settings.device_type == "cpu":
+        result.load_during = load.other_busy()
+        if result.load_during is not None and result.load_during >= 0.25:
+            result.notes.append(f"other work used {result.load_during:.0%} of the cores meanwhile")
     result.elapsed_s = time.perf_counter() - started
     return result
+
+
+def _percent(value: float | None) -> str:
+    return "unknown" if value is None else f"{value * 100:.0f}%"
 
 
 def _on_device(model, device: str) -> bool:

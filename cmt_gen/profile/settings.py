@@ -29,6 +29,11 @@ class Protocol:
     description: str
 
 
+# A throughput whose repeats spread more than this (half the min-max range over the median) is not yet
+# trusted: the run adds repeats, up to `extend_time` more seconds, and keeps the last `repeats` of them; if
+# they still spread more, the row is marked noisy instead of printing a confident median.
+NOISY_SPREAD = 0.05
+
 # Largest batch tried first by the `deit` protocol; the OOM ladder walks down from here.
 LARGEST_BATCH_START = 1024
 
@@ -45,9 +50,9 @@ class DeviceDefaults:
     """Budgets that keep a default run short on this kind of device while still warm and repeated.
 
     On CPU a timed repeat is at least one batch and two seconds, and latency takes
-    at least ten batch-1 calls and two seconds: all five bundled CMT variants then
-    take about two minutes on a quiet 2-core machine (three when it is shared).
-    `--min-time` buys precision.
+    at least ten batch-1 calls and two seconds; a noisy model may add as many
+    seconds of repeats again (`extend_time`). `--min-time` buys precision. The
+    README states the measured time of a default run of the whole family.
     """
 
     batch_size: int
@@ -95,6 +100,9 @@ class ProfileSettings:
     latency_samples: int
     latency_time: float
     latency_max_samples: int
+    max_spread: float = NOISY_SPREAD
+    extend_time: float = 0.0  # extra seconds of repeats allowed while the spread is above max_spread
+    threads_note: str | None = None  # how a default thread count was chosen (None: the user chose)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,6 +173,8 @@ def resolve_settings(
         latency_samples=defaults.latency_samples,
         latency_time=defaults.latency_time if min_time is None else float(min_time),
         latency_max_samples=defaults.latency_max_samples,
+        extend_time=(defaults.repeats if repeats is None else repeats)
+        * (defaults.min_time if min_time is None else float(min_time)),
     )
 
 

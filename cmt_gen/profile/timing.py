@@ -57,11 +57,35 @@ class Clock:
 
 @dataclass
 class ThroughputRun:
-    """Images per second of each timed repeat, and how many calls each repeat made."""
+    """Images per second of each timed repeat, and how many calls each repeat made.
+
+    `kept` is how many of the last repeats the result uses: all of them unless the
+    run was extended because the spread was high, in which case the earlier,
+    disturbed repeats are dropped (and counted) and `noisy` says whether the
+    kept window still spreads more than allowed.
+    """
 
     rates: list[float] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+    kept: int = 0
+    noisy: bool = False
+
+    @property
+    def window(self) -> list[float]:
+        return self.rates[len(self.rates) - self.kept:] if self.kept else list(self.rates)
+
+    @property
+    def dropped(self) -> int:
+        return len(self.rates) - len(self.window)
+
+
+def spread(rates: Sequence[float]) -> float | None:
+    """Half the min-max range relative to the median; None for fewer than two values (nothing to spread)."""
+    if len(rates) < 2:
+        return None
+    middle = median(rates)
+    return (max(rates) - min(rates)) / 2 / middle if middle else None
 
 
 def calls_for(seconds_per_call: float | None, iters: int, min_time: float) -> int:
@@ -72,13 +96,15 @@ def calls_for(seconds_per_call: float | None, iters: int, min_time: float) -> in
 
 
 def measure_throughput(step: Callable[[], object], batch: int, clock: Clock, *, warmup: int, iters: int,
-                       min_time: float, repeats: int,
+                       min_time: float, repeats: int, max_spread: float | None = None, extend_time: float = 0.0,
                        progress: Callable[[str], None] | None = None) -> ThroughputRun:
     """Warm up (untimed for the result, but paced), then time `repeats` spans of calls.
 
     Each warm-up call is synchronised on its own, so the last one gives the pace
     from which the first repeat's call count is planned; later repeats use the
-    pace just measured.
+    pace just measured. While the last `repeats` rates spread more than
+    `max_spread`, more repeats run, for at most `extend_time` more seconds; the
+    result keeps the last `repeats` and says whether they are still noisy.
     """
     pace: float | None = None
     for i in range(warmup):
@@ -97,6 +123,21 @@ def measure_throughput(step: Callable[[], object], batch: int, clock: Clock, *, 
         run.calls.append(n)
         run.seconds.append(seconds)
         pace = seconds / n
+    run.kept = len(run.rates)
+    if max_spread is None or repeats < 2:
+        return run
+    extended = 0.0
+    while (spread(run.window) or 0.0) > max_spread and extended < extend_time:
+        if progress:
+            progress(f"spread {spread(run.window) * 100:.0f}%: extra repeat {len(run.rates) + 1}")
+        n = calls_for(pace, iters, min_time)
+        seconds = clock.time(step, n)
+        run.rates.append(n * batch / seconds)
+        run.calls.append(n)
+        run.seconds.append(seconds)
+        extended += seconds
+        pace = seconds / n
+    run.noisy = (spread(run.window) or 0.0) > max_spread
     return run
 
 

@@ -48,3 +48,37 @@ def printed_interval(text: str) -> tuple[float, float]:
     decimals = len(mantissa.split(".")[1]) if "." in mantissa and "e" not in mantissa.lower() else 0
     half = 0.5 * 10.0 ** (-decimals) * scale
     return value - half, value + half
+
+
+# One unit per kind of figure, everywhere cmt-gen prints one: parameters in millions (M), MACs in
+# billions (G, what Table 2 prints as "B" under "# FLOPs"), memory in binary MiB / GiB. A fixed unit
+# per column lets figures be compared at a glance (0.60G beside 19.50G, never 600.00M beside 19.50G).
+UNITS = {"params": ("M", 1e6), "macs": ("G", 1e9)}
+
+
+def format_in_unit(value: float, quantity: str, digits: int = 2) -> str:
+    """A parameter count in M or a MAC count in G: 26256160 params -> '26.26M'."""
+    suffix, scale = UNITS[quantity]
+    return f"{value / scale:.{digits}f}{suffix}"
+
+
+def format_params(value: float, digits: int = 2) -> str:
+    return format_in_unit(value, "params", digits)
+
+
+def format_macs(value: float, digits: int = 2) -> str:
+    return format_in_unit(value, "macs", digits)
+
+
+def format_bytes(value: float) -> str:
+    """Memory in binary units: MiB below one GiB, GiB from there."""
+    if value >= 1024**3:
+        return f"{value / 1024**3:.2f} GiB"
+    return f"{value / 1024**2:.1f} MiB"
+
+
+def quantity_text(value: float, quantity: str) -> str:
+    """The shortest text in the quantity's unit that reads back as this value: 74.7e6 -> '74.7M'."""
+    suffix, scale = UNITS[quantity]
+    number = repr(value / scale)
+    return (number[:-2] if number.endswith(".0") else number) + suffix

@@ -103,11 +103,76 @@ class Reference(_Strict):
         return None if text is None else printed_interval(text)
 
 
-class Budget(_Strict):
-    """A user's own limits, checked by `cmt-gen check`."""
+# A target without a tolerance is met within these (the design tools' defaults too).
+DEFAULT_BUDGET_TOLERANCE = {"params": "1%", "macs": "2%"}
 
-    params: Quantity | None = None
-    macs: Quantity | None = None
+
+def _percent(value: object) -> str:
+    """A tolerance as written ('1%' or 0.01), kept as text; 0 < tolerance <= 50%."""
+    text = str(value).strip()
+    try:
+        fraction = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a tolerance: write 1% or 0.01") from None
+    if not 0 < fraction <= 0.5:
+        raise ValueError(f"a tolerance is between 0 and 50%, got {value!r}")
+    return text if text.endswith("%") else f"{fraction * 100:g}%"
+
+
+Percent = Annotated[str, BeforeValidator(_percent)]
+
+
+class BudgetLimit(_Strict):
+    """One figure of a budget as the user gave it: a target within a tolerance, or a min/max range.
+
+    Figures stay text (`74.7M`), so a written spec reads as the command that made it.
+    """
+
+    target: PrintedQuantity | None = None
+    tolerance: Percent | None = None
+    min: PrintedQuantity | None = None
+    max: PrintedQuantity | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> BudgetLimit:
+        if self.target is not None and (self.min is not None or self.max is not None):
+            raise ValueError("give a target (with a tolerance) or a min/max range, not both")
+        if self.tolerance is not None and self.target is None:
+            raise ValueError("a tolerance belongs to a target")
+        if self.target is None and self.min is None and self.max is None:
+            raise ValueError("give a target, a min or a max")
+        if self.min is not None and self.max is not None and parse_quantity(self.min) > parse_quantity(self.max):
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def bounds(self, quantity: str) -> tuple[float, float]:
+        """Lowest and highest passing values (inf: no upper limit)."""
+        if self.target is not None:
+            target = parse_quantity(self.target)
+            fraction = float(self.tolerance_text(quantity)[:-1]) / 100
+            return target * (1 - fraction), target * (1 + fraction)
+        low = parse_quantity(self.min) if self.min is not None else 0.0
+        return low, parse_quantity(self.max) if self.max is not None else float("inf")
+
+    def tolerance_text(self, quantity: str) -> str:
+        return self.tolerance or DEFAULT_BUDGET_TOLERANCE[quantity]
+
+
+def _limit(value: object) -> object:
+    """A plain figure (`30M`, 3e7) is an upper limit, as budgets were first written."""
+    if value is None or isinstance(value, (dict, BudgetLimit)):
+        return value
+    return {"max": value}
+
+
+Limit = Annotated[BudgetLimit | None, BeforeValidator(_limit)]
+
+
+class Budget(_Strict):
+    """A user's own budget, checked by `cmt-gen check`: per figure a target or a range (a plain figure: a max)."""
+
+    params: Limit = None
+    macs: Limit = None
 
 
 class CMTSpec(_Strict):

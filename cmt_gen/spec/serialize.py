@@ -13,5 +13,7 @@ def spec_to_dict(spec: CMTSpec) -> dict:
 
 
 def spec_to_yaml(spec: CMTSpec) -> str:
-    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=None, width=100)
+    """Block-style YAML, one key per line; long strings (provenance) never wrap mid-line."""
+    return yaml.safe_dump(spec_to_dict(spec), sort_keys=False, default_flow_style=False, width=1_000_000,
+                          allow_unicode=True)
 
