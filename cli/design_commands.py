@@ -278,12 +278,13 @@ def compare(
     else:
         _print_comparison(result, only_diff)
     if plot is not None:
+        from cmt_gen.design.compare import speed_title
         from cmt_gen.design.plotting import PlotPoint, plot_cost_map
 
         speeds = result.throughput or [None] * len(result.specs)
-        points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None)
+        points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None, spec.resolution)
                   for spec, cost, t in zip(result.specs, result.costs, speeds, strict=True)]
-        plot_cost_map(plot, points, table2_points())
+        plot_cost_map(plot, points, table2_points(), speed_title=speed_title(speeds))
         if not as_json:
             console.print(f"saved plot to {escape(str(plot))}")
 

@@ -52,6 +52,17 @@ class Throughput:
 
     images_per_second: float
     details: str = ""
+    device: str | None = None  # e.g. "cpu (AMD EPYC)" or "cuda:0 (NVIDIA H100)"
+    precision: str | None = None
+
+
+def speed_title(speeds: Sequence[Throughput | None]) -> str:
+    """Colour-bar title naming where and how the speeds were measured: 'images/s, cpu (AMD EPYC), fp32'."""
+    devices = sorted({t.device for t in speeds if t and t.device})
+    precisions = sorted({t.precision for t in speeds if t and t.precision})
+    where = " / ".join(devices) or "device not recorded"
+    how = " / ".join(precisions) or "precision not recorded"
+    return f"measured images/s\n{where}, {how}"
 
 
 @dataclass
@@ -120,6 +131,7 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
     except json.JSONDecodeError as exc:
         raise ProfileError(f"not JSON (line {exc.lineno}): {exc.msg}", source=str(path)) from None
     found: dict[str, Throughput] = {}
+    env = data.get("env") if isinstance(data, Mapping) and isinstance(data.get("env"), Mapping) else {}
     for record in _records(data):
         if record.get("error"):
             continue  # a failed measurement has no speed to show
@@ -133,9 +145,13 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
         facts = {**{k: settings.get(k) for k in ("device", "precision")}, **{k: record.get(k) for k in
                  ("device", "precision", "batch_size")}}
         details = ", ".join(f"{k} {v}" for k, v in facts.items() if isinstance(v, (str, int, float)))
+        device = settings.get("device") or record.get("device")
+        if device and env.get("device_name"):
+            device = f"{device} ({env['device_name']})"
         known = found.get(_norm(name))
         if known is None or speed > known.images_per_second:
-            found[_norm(name)] = Throughput(speed, details)
+            found[_norm(name)] = Throughput(speed, details, device, settings.get("precision") or
+                                            record.get("precision"))
     if not found:
         raise ProfileError("no record with a spec name and images_per_s (or images_per_second, throughput)",
                            source=str(path))

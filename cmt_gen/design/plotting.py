@@ -21,12 +21,32 @@ FORMATS = (".png", ".svg", ".pdf")
 
 @dataclass
 class PlotPoint:
-    """One of the user's specs: analytic cost and, when profiled, its speed."""
+    """One of the user's specs: analytic cost, input side and, when profiled, its speed."""
 
     label: str
     params: float
     macs: float
     throughput: float | None = None
+    resolution: int | None = None
+
+    def text(self) -> str:
+        """'my_l (288 px, 12.3 img/s)': the name, the input it was counted at, the speed to one decimal."""
+        facts = [f"{self.resolution} px"] if self.resolution else []
+        if self.throughput is not None:
+            facts.append(f"{self.throughput:,.1f} img/s")
+        return f"{self.label} ({', '.join(facts)})" if facts else self.label
+
+
+@dataclass
+class Label:
+    """A text to place near its point (data units: params, MACs); `required` labels are always drawn."""
+
+    text: str
+    params: float
+    macs: float
+    marker_radius: float  # points: the marker's half-size, kept clear of every label
+    style: dict
+    required: bool = True
 
 
 PLOT_HINT = 'pip install -e ".[plot]" in your cmt-gen checkout (or pip install matplotlib)'
@@ -63,46 +83,14 @@ def check_plot_path(path: str | Path) -> Path:
 
 
 def plot_cost_map(path: str | Path, points: Sequence[PlotPoint], references: Sequence[ReferencePoint],
-                  title: str | None = None) -> Path:
+                  title: str | None = None, speed_title: str = "measured images/s") -> Path:
     """Draw and atomically save the MACs-vs-params picture; returns the path written."""
     from cmt_gen.files import write_atomic
 
     path = check_plot_path(path)
     plt = _pyplot()
-    from matplotlib.ticker import FuncFormatter
-
-    fig, ax = plt.subplots(figsize=(8, 5.6), dpi=150)
+    fig = draw_cost_map(points, references, title=title, speed_title=speed_title)
     try:
-        others = [r for r in references if not r.is_cmt]
-        family = sorted((r for r in references if r.is_cmt), key=lambda r: r.params)
-        if others:
-            ax.scatter([r.params / 1e6 for r in others], [r.macs / 1e9 for r in others], s=22, color="#b0b0b0",
-                       zorder=2, label="Table 2: other models")
-        if family:
-            ax.plot([r.params / 1e6 for r in family], [r.macs / 1e9 for r in family], "-o", color="#1f4e99",
-                    markersize=6, linewidth=1.4, zorder=3, label="Table 2: CMT family")
-        _draw_points(fig, ax, points)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _frame(ax, [(r.params, r.macs) for r in references] + [(p.params, p.macs) for p in points])
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(plain)
-            axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
-        ax.tick_params(axis="both", which="both", labelsize=8)
-        ax.set_xlabel("parameters (M)")
-        ax.set_ylabel("MACs (G)  = Table 2's '# FLOPs'")
-        ax.set_title(title or "CMT designs: MACs against parameters", fontsize=11)
-        ax.grid(True, which="major", alpha=0.35)
-        ax.grid(True, which="minor", alpha=0.12)
-        ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
-        fig.tight_layout()
-        labels = [(p.label if p.throughput is None else f"{p.label} ({p.throughput:,.0f} img/s)", p.params, p.macs,
-                   21, dict(fontsize=8, color="black")) for p in points]
-        labels += [(r.name, r.params, r.macs, 7, dict(fontsize=8, fontweight="bold", color="#1f4e99"))
-                   for r in family]
-        labels += [(r.name, r.params, r.macs, 5, dict(fontsize=6, color="#8a8a8a")) for r in others]
-        _place_labels(fig, ax, labels)
         buffer = io.BytesIO()
         fig.savefig(buffer, format=path.suffix.lower().lstrip("."))
     finally:
@@ -111,13 +99,78 @@ def plot_cost_map(path: str | Path, points: Sequence[PlotPoint], references: Seq
     return path
 
 
+def draw_cost_map(points: Sequence[PlotPoint], references: Sequence[ReferencePoint], *, title: str | None = None,
+                  speed_title: str = "measured images/s"):
+    """The figure (not saved): one panel per axes, laid out first, labels placed last on the final layout.
+
+    `speed_title` titles the colour bar; say where and how the speeds were measured (device, precision).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.4, 5.8), dpi=150)
+    labels = draw_cost_panel(fig, ax, points, references, speed_title=speed_title)
+    ax.set_title(title or "CMT designs: MACs against parameters", fontsize=11)
+    fig.tight_layout()
+    place_labels(fig, ax, labels, lines=family_lines(ax))
+    return fig
+
+
+def draw_cost_panel(fig, ax, points: Sequence[PlotPoint], references: Sequence[ReferencePoint], *,
+                    speed_title: str) -> list[Label]:
+    """MACs against parameters on log axes: Table 2's models, the CMT family as a line, the user's specs
+    as outlined stars on top. Returns the labels to place once the figure's layout is final."""
+    from matplotlib.ticker import FuncFormatter
+
+    others = [r for r in references if not r.is_cmt]
+    family = sorted((r for r in references if r.is_cmt), key=lambda r: r.params)
+    if others:
+        ax.scatter([r.params / 1e6 for r in others], [r.macs / 1e9 for r in others], s=20, color="#a8a8a8",
+                   zorder=2, label="Table 2: other models")
+    if family:
+        # Rings, not dots: a user's star on a family point (a spec equal to a paper model) sits inside the ring.
+        ax.plot([r.params / 1e6 for r in family], [r.macs / 1e9 for r in family], "-o", color="#1f4e99",
+                markersize=11, markerfacecolor="white", markeredgewidth=1.6, linewidth=1.4, zorder=3,
+                label="Table 2: CMT family", gid="family")
+    _draw_points(fig, ax, points, speed_title)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _frame(ax, [(r.params, r.macs) for r in references] + [(p.params, p.macs) for p in points])
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "25" else ""))
+    ax.tick_params(axis="both", which="both", labelsize=8)
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("MACs (G)  = Table 2's '# FLOPs'")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", alpha=0.12)
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    labels = [Label(p.text(), p.params, p.macs, 9, dict(fontsize=8, color="black", fontweight="bold"))
+              for p in points]
+    labels += [Label(r.name, r.params, r.macs, 6, dict(fontsize=8, fontweight="bold", color="#1f4e99"))
+               for r in family]
+    labels += [Label(r.name, r.params, r.macs, 3.5, dict(fontsize=6, color="#7a7a7a"), required=False)
+               for r in others]
+    return labels
+
+
+def family_lines(ax) -> list[tuple[float, float, float, float]]:
+    """The CMT family's line segments in pixels: labels must not sit on them."""
+    segments = []
+    for line in ax.get_lines():
+        if line.get_gid() != "family":
+            continue
+        pixels = ax.transData.transform(list(zip(line.get_xdata(), line.get_ydata(), strict=True)))
+        segments += [(*a, *b) for a, b in zip(pixels[:-1], pixels[1:], strict=True)]
+    return segments
+
+
 def _frame(ax, values: Sequence[tuple[float, float]]) -> None:
     """Log-axis limits with room for labels around the outermost points."""
     xs = [v[0] / 1e6 for v in values]
     ys = [v[1] / 1e9 for v in values]
     if xs:
-        ax.set_xlim(min(xs) / 1.25, max(xs) * 1.6)
-        ax.set_ylim(min(ys) / 1.5, max(ys) * 1.5)
+        ax.set_xlim(min(xs) / 1.3, max(xs) * 1.9)
+        ax.set_ylim(min(ys) / 1.6, max(ys) * 1.6)
 
 
 def _offsets() -> list[tuple[float, float]]:
@@ -125,49 +178,115 @@ def _offsets() -> list[tuple[float, float]]:
     import math
 
     found = []
-    for radius in (9, 20, 32, 46):
-        for degrees in (-15, 30, 150, 195, 270, 90, -60, 240, 60, 120):
+    for radius in (8, 16, 26, 38, 52, 70):
+        for degrees in (0, 180, 90, 270, 30, 150, 210, 330, 60, 120, 240, 300):
             angle = math.radians(degrees)
             found.append((radius * math.cos(angle), radius * math.sin(angle)))
     return found
 
 
-def _place_labels(fig, ax, labels) -> None:
-    """Greedy placement in the order given: each label takes the first offset where it stays inside
-    the axes and overlaps no marker or earlier label; failing that, the offset overlapping least.
-    Labels placed away from their marker get a thin leader line."""
+# Offsets (points, |dx| + |dy|) beyond which an optional label is left out instead of drawn far away.
+OPTIONAL_REACH = 36
+
+
+def place_labels(fig, ax, labels: Sequence[Label], lines: Sequence[tuple[float, ...]] = ()) -> None:
+    """Greedy placement, required labels first: each takes the first offset where it stays inside the
+    axes and touches no marker, line, leader or earlier label. A required label with no free spot takes
+    the least crowded one; an optional one (other Table 2 models) is left out rather than overlap.
+    Labels placed away from their marker get a thin leader line, itself kept off other labels."""
     renderer = fig.canvas.get_renderer()
-    taken = []
-    for _, x, y, radius, _ in labels:  # every marker, in pixels
-        px, py = ax.transData.transform((x / 1e6, y / 1e9))
-        taken.append((px - radius, py - radius, px + radius, py + radius))
+    scale = fig.dpi / 72.0
+    markers = []
+    for label in labels:  # every marker, in pixels
+        px, py = ax.transData.transform((label.params / 1e6, label.macs / 1e9))
+        r = label.marker_radius * scale
+        markers.append((px - r, py - r, px + r, py + r))
     frame = ax.get_window_extent(renderer)
-    offsets = _offsets()
-    for text, x, y, _, style in labels:
+    boxes: list[tuple[float, ...]] = []
+    segments = list(lines)
+    for label in sorted(labels, key=lambda item: not item.required):
+        anchor = ax.transData.transform((label.params / 1e6, label.macs / 1e9))
         best = None
-        for dx, dy in offsets:
-            note = _note(ax, text, x, y, dx, dy, style)
+        for dx, dy in _offsets():
+            if not label.required and abs(dx) + abs(dy) > OPTIONAL_REACH:
+                continue  # a far-off grey label with a long leader reads worse than none
+            note = _note(ax, label, dx, dy)
             box = note.get_window_extent(renderer)
-            rect = (box.x0, box.y0, box.x1, box.y1)
-            outside = sum(max(0.0, v) for v in (frame.x0 - box.x0, box.x1 - frame.x1, frame.y0 - box.y0,
-                                                 box.y1 - frame.y1))
-            cost = sum(_overlap(rect, other) for other in taken) + 50 * outside * box.height
             note.remove()
+            rect = (box.x0 - 1, box.y0 - 1, box.x1 + 1, box.y1 + 1)
+            leader = _leader(anchor, rect) if abs(dx) + abs(dy) > 12 else None
+            cost = _crowding(rect, leader, markers, boxes, segments, frame)
             if best is None or cost < best[0]:
-                best = (cost, dx, dy, rect)
+                best = (cost, dx, dy, rect, leader)
             if cost == 0:
                 break
-        _, dx, dy, rect = best
-        _note(ax, text, x, y, dx, dy, style, leader=abs(dx) + abs(dy) > 14)
-        taken.append(rect)
+        cost, dx, dy, rect, leader = best
+        if cost > 0 and not label.required:
+            continue
+        _note(ax, label, dx, dy, leader=leader is not None)
+        boxes.append(rect)
+        if leader is not None:
+            segments.append(leader)
 
 
-def _note(ax, text: str, x: float, y: float, dx: float, dy: float, style: dict, leader: bool = False):
+def _crowding(rect, leader, markers, boxes, segments, frame) -> float:
+    """How badly a candidate label (and its leader) collides: 0 means free."""
+    outside = sum(max(0.0, v) for v in (frame.x0 - rect[0], rect[2] - frame.x1, frame.y0 - rect[1],
+                                         rect[3] - frame.y1))
+    cost = 50 * outside * (rect[3] - rect[1])
+    cost += sum(_overlap(rect, other) for other in markers) + sum(_overlap(rect, other) for other in boxes)
+    cost += 400 * sum(_crosses(segment, rect) for segment in segments)
+    if leader is not None:
+        cost += 400 * sum(_crosses(leader, other) for other in boxes)
+        cost += 400 * sum(_intersect(leader, other) for other in segments)
+    return cost
+
+
+def _intersect(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Whether two segments cross (touching at a shared end, like a leader leaving a line's marker, does not count)."""
+    def side(p, q, r) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    p1, p2, q1, q2 = a[:2], a[2:], b[:2], b[2:]
+    d1, d2, d3, d4 = side(q1, q2, p1), side(q1, q2, p2), side(p1, p2, q1), side(p1, p2, q2)
+    return d1 * d2 < -1e-6 and d3 * d4 < -1e-6
+
+
+def _leader(anchor, rect) -> tuple[float, float, float, float]:
+    """Segment from the marker to the nearest point of the label's box."""
+    x = min(max(anchor[0], rect[0]), rect[2])
+    y = min(max(anchor[1], rect[1]), rect[3])
+    return (float(anchor[0]), float(anchor[1]), x, y)
+
+
+def _crosses(segment: tuple[float, ...], rect: tuple[float, ...]) -> bool:
+    """Whether a segment passes through a box (clipped Liang-Barsky test), its end on the edge excluded."""
+    x0, y0, x1, y1 = segment
+    dx, dy = x1 - x0, y1 - y0
+    low, high = 0.0, 1.0
+    for p, q in ((-dx, x0 - rect[0]), (dx, rect[2] - x0), (-dy, y0 - rect[1]), (dy, rect[3] - y0)):
+        if p == 0:
+            if q < 0:
+                return False
+            continue
+        t = q / p
+        if p < 0:
+            low = max(low, t)
+        else:
+            high = min(high, t)
+        if low > high:
+            return False
+    return high - low > 1e-3
+
+
+def _note(ax, label: Label, dx: float, dy: float, leader: bool = False):
     ha = "left" if dx > 2 else ("right" if dx < -2 else "center")
     va = "bottom" if dy > 2 else ("top" if dy < -2 else "center")
-    arrow = dict(arrowstyle="-", lw=0.5, color=style.get("color", "black"), shrinkA=0, shrinkB=4) if leader else None
-    return ax.annotate(text, (x / 1e6, y / 1e9), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va,
-                       zorder=6, arrowprops=arrow, **style)
+    arrow = dict(arrowstyle="-", lw=0.5, color=label.style.get("color", "black"), shrinkA=0, shrinkB=3) \
+        if leader else None
+    return ax.annotate(label.text, (label.params / 1e6, label.macs / 1e9), xytext=(dx, dy),
+                       textcoords="offset points", ha=ha, va=va, zorder=7, arrowprops=arrow, gid="label",
+                       **label.style)
 
 
 def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -175,18 +294,25 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
-def _draw_points(fig, ax, points: Sequence[PlotPoint]) -> None:
-    """The user's specs as stars: coloured by images/s where profiled, red otherwise."""
+def _draw_points(fig, ax, points: Sequence[PlotPoint], speed_title: str) -> None:
+    """The user's specs as stars on top of everything, outlined (black edge, white halo) so each stays
+    distinct from the Table 2 ring or dot it may sit on."""
+    import matplotlib.patheffects as effects
+
+    halo = [effects.withStroke(linewidth=2.5, foreground="white")]
     timed = [p for p in points if p.throughput is not None]
     untimed = [p for p in points if p.throughput is None]
+    common = dict(marker="*", s=120, edgecolors="black", linewidths=0.7, zorder=6)
     if timed:
         speeds = [p.throughput for p in timed]
         dots = ax.scatter([p.params / 1e6 for p in timed], [p.macs / 1e9 for p in timed], c=speeds, cmap="viridis",
-                          marker="*", s=260, edgecolors="black", linewidths=0.6, zorder=5.5,
                           vmin=min(speeds) * (0.95 if len(set(speeds)) == 1 else 1), vmax=max(speeds),
-                          label="your specs (colour: images/s)")
-        fig.colorbar(dots, ax=ax, pad=0.02).set_label("measured images/s (profile)")
+                          label="your specs (colour: images/s)", **common)
+        dots.set_path_effects(halo)
+        bar = fig.colorbar(dots, ax=ax, pad=0.02)
+        bar.ax.set_title(speed_title, fontsize=7, loc="left", pad=6)
+        bar.ax.tick_params(labelsize=7)
     if untimed:
-        ax.scatter([p.params / 1e6 for p in untimed], [p.macs / 1e9 for p in untimed], marker="*", s=260,
-                   color="#d62728", edgecolors="black", linewidths=0.6, zorder=5,
-                   label="your specs" + (" (not profiled)" if timed else ""))
+        stars = ax.scatter([p.params / 1e6 for p in untimed], [p.macs / 1e9 for p in untimed], color="#d62728",
+                           label="your specs" + (" (not profiled)" if timed else ""), **common)
+        stars.set_path_effects(halo)

@@ -349,7 +349,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
         result.images_per_s_min, result.images_per_s_max = min(rates), max(rates)
         result.noisy, result.repeats_dropped = run.noisy, run.dropped
         if run.dropped:
-            result.notes.append(f"spread was high: {len(run.rates)} repeats run, the last {len(rates)} kept")
+            result.notes.append(f"last {len(rates)} of {len(run.rates)} repeats kept")
 
         say("latency")
         latency_batch = 1 if settings.mode == "infer" else outcome.batch
@@ -385,7 +385,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
     if settings.device_type == "cpu":
         result.load_during = load.other_busy()
         if result.load_during is not None and result.load_during >= 0.25:
-            result.notes.append(f"other work used {result.load_during:.0%} of the cores meanwhile")
+            result.notes.append(f"other work: {result.load_during:.0%} of cores")
     result.elapsed_s = time.perf_counter() - started
     return result
 
