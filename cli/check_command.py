@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order, step_progress
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
              "CMT-S's paper/code parameter gap, are shown as such and pass unless --strict); 1 any outside "
@@ -43,7 +43,8 @@ def check(
         sources += [n for n in family_order(bundled_names()) if n not in sources]
     if not sources:
         raise CmtGenError("name one or more specs, or pass --all for every bundled spec", source="check")
-    results = check_budgets(sources, counter, overrides=overrides, force=force)
+    with step_progress("check") as progress:
+        results = check_budgets(sources, counter, overrides=overrides, force=force, progress=progress)
     code = exit_code(results, strict=strict)
     if as_json:
         _emit(results, counter, code)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,24 @@ console = _console()
 err_console = _console(stderr=True)
 
 SET_HELP = "Override a field: --set stages.2.depth=18 (repeatable; values are YAML)."
+
+
+@contextmanager
+def step_progress(what: str) -> Iterator[Callable[[str], None]]:
+    """Progress of long work on stderr: a live status line on a terminal, one plain line per step when
+    piped (logs, CI). stdout is never touched, so `--json` output stays parseable."""
+    import time
+
+    started = time.perf_counter()
+    if err_console.is_terminal:
+        with err_console.status(what) as status:
+            yield lambda text: status.update(f"{what}: {text}")
+        return
+
+    def line(text: str) -> None:
+        print(f"{time.perf_counter() - started:6.1f}s {what}: {text}", file=sys.stderr, flush=True)
+
+    yield line
 
 
 def emit_json(payload: Any, path: str | Path | None = None) -> None:

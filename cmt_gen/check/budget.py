@@ -28,6 +28,7 @@ parallel worker processes.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -170,14 +171,15 @@ def check_budget(spec: Any, counter: str = "analytic", *, overrides: Any = None,
 
 
 def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: Any = None, force: bool = False,
-                  workers: int | None = None) -> list[BudgetCheck]:
+                  workers: int | None = None, progress: Callable[[str], None] | None = None) -> list[BudgetCheck]:
     """`check_budget` for several specs, in order; traced counters run in parallel processes.
 
     Every spec is loaded (and so validated) first, so an input error stops the
     run before any model is built. fvcore's tracer is single-threaded Python
     and C++ for most of its time, so one process per spec (largest first, each
     with its share of the CPUs' threads) is what shortens a multi-spec traced
-    check; the analytic counter needs no torch and runs here.
+    check; the analytic counter needs no torch and runs here. `progress` hears
+    one line per spec counted (tracing takes seconds per model).
     """
     from cmt_gen.spec.loading import load_spec
 
@@ -186,10 +188,15 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
         raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="counter")
     cpus = _cpu_count()
     workers = min(len(specs), cpus) if workers is None else max(1, workers)
+    say = progress if progress is not None and counter != "analytic" else (lambda _text: None)
     if counter == "analytic" or workers <= 1 or len(specs) <= 1:
-        return [check_budget(spec, counter, force=force) for spec in specs]
+        results = []
+        for k, spec in enumerate(specs, 1):
+            say(f"tracing {spec.name} ({k}/{len(specs)})")
+            results.append(check_budget(spec, counter, force=force))
+        return results
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from cmt_gen.cost.analytic import analytic_cost
 
@@ -197,8 +204,12 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
     context = multiprocessing.get_context("spawn")  # no fork of a process that may hold OpenMP threads
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
                              initargs=(max(1, cpus // workers),)) as pool:
-        futures = {i: pool.submit(_check_in_worker, specs[i], counter, force) for i in order}
-        outcomes = {i: f.result() for i, f in futures.items()}
+        futures = {pool.submit(_check_in_worker, specs[i], counter, force): i for i in order}
+        say(f"tracing {len(specs)} specs in {workers} processes")
+        outcomes = {}
+        for future in as_completed(futures):
+            outcomes[futures[future]] = future.result()
+            say(f"traced {specs[futures[future]].name} ({len(outcomes)}/{len(specs)})")
     results = []
     for i in range(len(specs)):
         outcome = outcomes[i]
