@@ -226,7 +226,10 @@ def _print_ratios(run, console) -> None:
     ratios = throughput_ratios(run.results)
     if not ratios:
         return
-    table = Table(title="throughput ratios, CMT / peer (paper: from Table 2's images/s)", title_justify="left")
+    from cmt_gen.cost.table2 import THROUGHPUT_DEVICE
+
+    table = Table(title=f"throughput ratios, CMT / peer (paper: from Table 2's images/s, {THROUGHPUT_DEVICE})",
+                  title_justify="left")
     for column in ("CMT", "peer", "paper", "measured here", "paper row"):
         table.add_column(column, justify="left" if column in ("CMT", "peer", "paper row") else "right")
     for r in ratios:

@@ -112,8 +112,10 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
         emit_json(records)
         return
     table = Table(title="Bundled specs (paper = CMT Table 2)", title_justify="left")
+    from cmt_gen.cost.table2 import THROUGHPUT_LABEL
+
     for column in ("name", "resolution", "params", "paper params", "MACs", "paper FLOPs (MACs)",
-                   "paper top-1", "paper img/s"):
+                   "paper top-1", THROUGHPUT_LABEL):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in records:
         table.add_row(r["name"], str(r["resolution"]), fmt_params(r["params"]), r["paper_params"] or "-",

@@ -48,6 +48,7 @@ def test_one_unit_per_quantity() -> None:
 def test_list_and_check_footer_use_g_for_macs(cli) -> None:
     listing = cli("list")
     assert "0.64G" in listing.out and "0.6B" not in listing.out
+    assert "V100" in listing.out  # the paper's img/s column says where it was measured
     footer = cli("check", "cmt_ti").out
     assert "0.55G to 0.65G" in footer and "0.55B" not in footer
 
@@ -196,4 +197,10 @@ def test_load_meter_reports_a_share_of_the_cores() -> None:
 def test_traced_check_reports_progress_on_stderr_only(tiny_spec_file, cli) -> None:
     result = cli("check", tiny_spec_file, "--counter", "fvcore", "--json")
     assert json.loads(result.out)["results"][0]["spec"] == "tiny"
-    assert "check: tracing tiny (1/1)" in result.err
+    assert "check: traced tiny (1/1)" in result.err
+
+
+def test_compare_takes_set_for_every_spec(cli) -> None:
+    result = cli("compare", "cmt_ti", "cmt_xs", "--set", "resolution=224", "--json")
+    rows = {(r["section"], r["field"]): r["values"] for r in json.loads(result.out)["rows"]}
+    assert rows[("input", "resolution")] == [224, 224]

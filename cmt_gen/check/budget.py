@@ -179,7 +179,8 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
     and C++ for most of its time, so one process per spec (largest first, each
     with its share of the CPUs' threads) is what shortens a multi-spec traced
     check; the analytic counter needs no torch and runs here. `progress` hears
-    one line per spec counted (tracing takes seconds per model).
+    one line per spec traced (seconds per model), only once it is done, so a
+    refusal (a model too large to trace) stays the only line.
     """
     from cmt_gen.spec.loading import load_spec
 
@@ -192,8 +193,8 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
     if counter == "analytic" or workers <= 1 or len(specs) <= 1:
         results = []
         for k, spec in enumerate(specs, 1):
-            say(f"tracing {spec.name} ({k}/{len(specs)})")
             results.append(check_budget(spec, counter, force=force))
+            say(f"traced {spec.name} ({k}/{len(specs)})")
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -205,7 +206,6 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads,
                              initargs=(max(1, cpus // workers),)) as pool:
         futures = {pool.submit(_check_in_worker, specs[i], counter, force): i for i in order}
-        say(f"tracing {len(specs)} specs in {workers} processes")
         outcomes = {}
         for future in as_completed(futures):
             outcomes[futures[future]] = future.result()

@@ -14,8 +14,6 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, mode
 
 from cmt_gen.spec.quantity import parse_quantity, printed_interval
 
-Quantity = Annotated[float, BeforeValidator(parse_quantity)]
-
 
 def _printed(value: object) -> str:
     """Keep a paper figure as printed ('0.6G'): its digits say how precise it is."""
@@ -162,6 +160,7 @@ def _limit(value: object) -> object:
     """A plain figure (`30M`, 3e7) is an upper limit, as budgets were first written."""
     if value is None or isinstance(value, (dict, BudgetLimit)):
         return value
+    parse_quantity(value)  # a bad figure is reported at budget.<figure>, where the user wrote it
     return {"max": value}
 
 
