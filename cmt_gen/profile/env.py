@@ -146,14 +146,12 @@ def busy_warning(device: str, threads_settled: bool = False, busy: float | None 
 
 def with_default_threads(settings: Any) -> tuple[Any, float | None]:
     """A ProfileSettings with, on CPU without --threads, as many threads as cores are free of other work;
-    returned with the busy fraction measured before the run."""
+    returned with the busy fraction measured for that choice (None when nothing was chosen)."""
     from dataclasses import replace
 
-    if settings.device_type != "cpu":
-        return settings, None
+    if settings.device_type != "cpu" or settings.threads is not None:
+        return settings, None  # nothing to choose (busy_warning measures the load itself)
     busy = cpu_busy_fraction()
-    if settings.threads is not None:
-        return settings, busy
     threads, note = default_threads(settings.device, busy)
     return replace(settings, threads=threads, threads_note=note), busy
 

@@ -203,6 +203,10 @@ def run_profiles(
     peak: MatmulPeak | None = None
     threads_given = settings.threads is not None
     settings, busy = with_default_threads(settings)
+    if busy is None and settings.device_type == "cpu":
+        from cmt_gen.profile.env import cpu_busy_fraction
+
+        busy = cpu_busy_fraction()
     # No "--threads 1" advice when the user chose a thread count or the run already uses one thread.
     warnings = [w for w in (busy_warning(settings.device, threads_given or settings.threads == 1, busy),) if w]
     run_load = LoadMeter().start()
