@@ -22,6 +22,7 @@ LAYERS = {
     "cost": 2,
     "model": 3,
     "check": 4,
+    "timm": 4,  # cmt_gen/timm.py: registers specs in timm's registry (beside check, above model)
     "profile": 5,
     "design": 6,
     "cli": 9,

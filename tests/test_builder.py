@@ -146,23 +146,30 @@ def test_constant_bias_stays_constant_under_resampling():
 
 
 def test_native_size_uses_the_stored_bias_unchanged(monkeypatch):
-    """At the built resolution no resampling may touch the bias (it would break released weights)."""
+    """At the built resolution the attention sees the stored bias bit for bit (released weights rely on it),
+    although the resampling runs unconditionally (a branch would bake one size into traced graphs)."""
     import cmt_gen.model.layers as layers
 
-    calls = []
-    real = layers.F.interpolate
+    masks = []
+    real = layers.F.scaled_dot_product_attention
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("size"))
-        return real(*args, **kwargs)
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
 
-    monkeypatch.setattr(layers.F, "interpolate", spy)
+    monkeypatch.setattr(layers.F, "scaled_dot_product_attention", spy)
     model = _tiny()
     with torch.no_grad():
+        for stage in model.stages:  # wide, varied values: any blending of neighbours would show
+            stage.position_bias.copy_(torch.randn_like(stage.position_bias) * 1e3)
         model(_x(64))
-        assert calls == []
+    stored = [stage.position_bias for stage in model.stages for _ in stage.blocks]
+    assert len(masks) == len(stored)
+    assert all(torch.equal(mask, bias) for mask, bias in zip(masks, stored, strict=True))
+    masks.clear()
+    with torch.no_grad():
         model(_x(96))
-    assert calls, "a different size must resample the bias"
+    assert masks[0].shape[-2:] == (24 * 24, 6 * 6)  # another size: resampled
 
 
 # ---------------------------------------------------------------- timm API

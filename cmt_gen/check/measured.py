@@ -119,8 +119,13 @@ def _input_elements(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def _bicubic(inputs: list[Any], outputs: list[Any]) -> int:
-    """Bicubic resampling: 16 taps per output element (fvcore counts bilinear as 4)."""
-    return 16 * math.prod(_shape(outputs[0], "aten::upsample_bicubic2d"))
+    """Bicubic resampling: 16 taps per output element (fvcore counts bilinear as 4).
+
+    At the stored grid the resampling is a copy (weights 0, 1, 0, 0; torch's kernel copies): no taps."""
+    op = "aten::upsample_bicubic2d"
+    if _shape(inputs[0], op) == _shape(outputs[0], op):
+        return 0
+    return 16 * math.prod(_shape(outputs[0], op))
 
 
 EXTRA_HANDLES = {
@@ -158,6 +163,8 @@ def _part_names(model: Any) -> list[tuple[str, str]]:
     """(part name, module name): stem, stage0.. (module stages.i), head; else top-level children."""
     names: list[tuple[str, str]] = []
     for child, module in model.named_children():
+        if child == "input_check":  # a shape check: no parameters, no operations
+            continue
         if child == "stages" and hasattr(module, "__len__"):
             names += [(f"stage{i}", f"stages.{i}") for i in range(len(module))]
         else:

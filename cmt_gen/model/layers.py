@@ -21,6 +21,16 @@ LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
 LN_EPS_PATCH = 1e-5  # patch aggregation's LayerNorm (PyTorch default)
 
 
+def recording() -> bool:
+    """True while a tracer records the forward (jit.trace, FX, torch.compile / export).
+
+    Eager shape checks step aside then: sizes are symbols there, and a Python
+    branch on them would either fail (FX) or bake one size into the graph.
+    """
+    return (torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+            or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, N, C) tokens -> (B, C, H, W) image view."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
@@ -42,11 +52,42 @@ class DropPath(nn.Module):
         if self.rate == 0.0 or not self.training:
             return x
         keep = 1.0 - self.rate
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
         return x * mask / keep
 
     def extra_repr(self) -> str:
         return f"rate={self.rate:.3f}"
+
+
+class InputCheck(nn.Module):
+    """Refuses, in eager mode, inputs that are not (B, C, H, W) with H and W multiples of the total stride.
+
+    A parameter-free first child, so feature wrappers that call the children in
+    turn (timm's FeatureListNet, torchvision's IntermediateLayerGetter) check too.
+    """
+
+    def __init__(self, total_stride: int):
+        super().__init__()
+        self.total_stride = total_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self.check(x)
+        return x
+
+    @torch.jit.unused
+    def check(self, x: torch.Tensor) -> None:
+        if recording():
+            return
+        if x.ndim != 4:
+            raise InputShapeError(f"expected a (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
+        h, w = x.shape[-2:]
+        s = self.total_stride
+        if h % s or w % s:
+            raise InputShapeError(
+                f"input {h}x{w} is not a multiple of the total stride {s}; "
+                f"use e.g. {max(s, h // s * s)}x{max(s, w // s * s)}"
+            )
 
 
 class ConvGeluBN(nn.Module):
@@ -89,8 +130,7 @@ class PatchAggregation(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.conv(x)
-        h, w = x.shape[-2:]
-        return self.norm(map_to_tokens(x)), h, w
+        return self.norm(map_to_tokens(x)), x.shape[2], x.shape[3]
 
 
 class LocalPerceptionUnit(nn.Module):
@@ -107,13 +147,20 @@ class LocalPerceptionUnit(nn.Module):
 
 
 class KVReduction(nn.Module):
-    """Shrinks the key/value map by `ratio` in each direction before K and V projections."""
+    """Shrinks the key/value map by `ratio` in each direction before K and V projections.
+
+    Modules a kind does not use are None (not absent), so TorchScript drops their branches.
+    """
 
     complexity = staticmethod(complexity.kv_reduction_cost)
 
     def __init__(self, dim: int, ratio: int, kind: str):
         super().__init__()
         self.kind = kind
+        self.conv: nn.Module | None = None
+        self.norm: nn.Module | None = None
+        self.pool: nn.Module | None = None
+        self.norm_on_tokens = kind == "conv_ln"  # LayerNorm normalises tokens; BatchNorm the map
         if kind == "dwconv_bn":
             self.conv = nn.Conv2d(dim, dim, ratio, ratio, groups=dim, bias=True)
             self.norm = nn.BatchNorm2d(dim, eps=BN_EPS)
@@ -127,11 +174,13 @@ class KVReduction(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N / ratio^2, C) tokens."""
-        if self.kind == "avgpool":
+        if self.pool is not None:
             return map_to_tokens(self.pool(x))
-        if self.kind == "dwconv_bn":
+        if self.conv is not None and self.norm is not None:
+            if self.norm_on_tokens:
+                return self.norm(map_to_tokens(self.conv(x)))
             return map_to_tokens(self.norm(self.conv(x)))
-        return self.norm(map_to_tokens(self.conv(x)))
+        return map_to_tokens(x)  # unreachable: __init__ sets the pool or the conv and norm
 
 
 def new_position_bias(heads: int, h: int, w: int, reduction: int) -> nn.Parameter:
@@ -141,17 +190,18 @@ def new_position_bias(heads: int, h: int, w: int, reduction: int) -> nn.Paramete
 
 def resample_position_bias(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
                            new_q: tuple[int, int], new_kv: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resampling of a (heads, Nq, Nk) bias over its query grid, then its key grid."""
-    if (q_grid, kv_grid) == (new_q, new_kv):
-        return bias
+    """Bicubic resampling of a (heads, Nq, Nk) bias over its query grid, then its key grid.
+
+    Branch-free on purpose: a Python `if same grid` would bake the traced size into
+    jit.trace / torch.export graphs. Bicubic at scale 1 samples each point with
+    weights (0, 1, 0, 0), so at the stored grid the result is bit-for-bit the bias.
+    """
     heads, n_kv = bias.shape[0], bias.shape[2]
     x = bias.reshape(heads, q_grid[0], q_grid[1], n_kv).permute(0, 3, 1, 2)
-    if new_q != q_grid:
-        x = F.interpolate(x, size=new_q, mode="bicubic", align_corners=False)
+    x = F.interpolate(x, size=new_q, mode="bicubic", align_corners=False)
     n_q = new_q[0] * new_q[1]
     x = x.reshape(heads, kv_grid[0], kv_grid[1], n_q).permute(0, 3, 1, 2)
-    if new_kv != kv_grid:
-        x = F.interpolate(x, size=new_kv, mode="bicubic", align_corners=False)
+    x = F.interpolate(x, size=new_kv, mode="bicubic", align_corners=False)
     return x.reshape(heads, n_q, new_kv[0] * new_kv[1])
 
 
@@ -175,24 +225,23 @@ class LightweightMHSA(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.reduce = KVReduction(dim, reduction, reduction_kind) if reduction > 1 else None
         self.grid = grid
+        self.kv_grid = (grid[0] // reduction, grid[1] // reduction) if grid else None
         self.position_bias = (
             new_position_bias(heads, grid[0], grid[1], reduction) if own_position_bias and grid else None
         )
 
     def forward(self, x: torch.Tensor, h: int, w: int,
                 position_bias: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c = x.shape
+        b, n, c = x.shape[0], x.shape[1], x.shape[2]
         q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
         kv_source = self.reduce(tokens_to_map(x, h, w)) if self.reduce is not None else x
         m = kv_source.shape[1]
         k = self.k(kv_source).reshape(b, m, self.heads, self.head_dim).transpose(1, 2)
         v = self.v(kv_source).reshape(b, m, self.heads, self.head_dim).transpose(1, 2)
         bias = position_bias  # the stage's, already at this input's grid
-        if self.position_bias is not None and self.grid is not None:
+        if self.position_bias is not None and self.grid is not None and self.kv_grid is not None:
             r = self.reduction_ratio
-            bias = resample_position_bias(
-                self.position_bias, self.grid, (self.grid[0] // r, self.grid[1] // r), (h, w), (h // r, w // r)
-            )
+            bias = resample_position_bias(self.position_bias, self.grid, self.kv_grid, (h, w), (h // r, w // r))
         if bias is not None:
             bias = bias.to(q.dtype)
         if self.fused:
@@ -266,6 +315,7 @@ class CMTStage(nn.Module):
         super().__init__()
         rates = drop_path or [0.0] * depth
         self.grid = grid
+        self.kv_grid = (grid[0] // reduction, grid[1] // reduction)
         self.reduction_ratio = reduction
         self.downsample = PatchAggregation(c_in, dim)
         self.position_bias = (
@@ -282,30 +332,44 @@ class CMTStage(nn.Module):
         """(B, C_in, 2H, 2W) -> (B, C, H, W)."""
         tokens, h, w = self.downsample(x)
         r = self.reduction_ratio
-        if h % r or w % r:
-            raise InputShapeError(
-                f"stage map {h}x{w} is not divisible by its K/V reduction ratio {r}; "
-                "choose an input size that keeps every stage divisible"
-            )
+        if not torch.jit.is_scripting():
+            self.check_grid(h, w)
         bias = self.position_bias
         if bias is not None:
-            bias = resample_position_bias(bias, self.grid, (self.grid[0] // r, self.grid[1] // r),
-                                          (h, w), (h // r, w // r))
+            bias = resample_position_bias(bias, self.grid, self.kv_grid, (h, w), (h // r, w // r))
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(block, tokens, h, w, bias, use_reentrant=False)
             else:
                 tokens = block(tokens, h, w, bias)
         return tokens_to_map(tokens, h, w)
 
+    @torch.jit.unused
+    def check_grid(self, h: int, w: int) -> None:
+        r = self.reduction_ratio
+        if not recording() and (h % r or w % r):
+            raise InputShapeError(
+                f"stage map {h}x{w} is not divisible by its K/V reduction ratio {r}; "
+                "choose an input size that keeps every stage divisible"
+            )
+
+
+POOLS = ("avg", "max", "")
+
 
 class ClassifierHead(nn.Module):
-    """1x1 conv to fc channels, BN, Swish, global average pool, dropout, linear."""
+    """1x1 conv to fc channels, BN, Swish, global pool, dropout, linear.
+
+    `global_pool=""` keeps the map unpooled (timm's convention); it needs no classifier.
+    """
 
     complexity = staticmethod(complexity.classifier_head_cost)
 
-    def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0):
+    def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0,
+                 global_pool: str = "avg"):
         super().__init__()
+        check_pool(global_pool, num_classes)
+        self.global_pool = global_pool
         self.conv = nn.Conv2d(c_in, fc_channels, 1, bias=True)
         self.norm = nn.BatchNorm2d(fc_channels, eps=BN_EPS)
         self.act = nn.SiLU()
@@ -313,6 +377,17 @@ class ClassifierHead(nn.Module):
         self.fc: nn.Module = nn.Linear(fc_channels, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.act(self.norm(self.conv(x))).mean(dim=(2, 3))
+        x = self.act(self.norm(self.conv(x)))
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        elif self.global_pool == "max":
+            x = x.amax(dim=(2, 3))
         x = self.dropout(x)
         return x if pre_logits else self.fc(x)
+
+
+def check_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in POOLS:
+        raise ValueError(f"global_pool={global_pool!r}: choose one of {', '.join(map(repr, POOLS))}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError("global_pool='' (unpooled map) needs num_classes=0: a linear classifier needs a pooled vector")

@@ -5,13 +5,11 @@ rate by global block index, the stage's token grid), then modules are built;
 layers never read the spec themselves.
 """
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 
-from cmt_gen.errors import InputShapeError
-from cmt_gen.model.layers import ClassifierHead, CMTStage, Stem
+from cmt_gen.model.layers import ClassifierHead, CMTStage, InputCheck, Stem, check_pool
+from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
 from cmt_gen.spec.schema import CMTSpec
 
 
@@ -33,104 +31,153 @@ def stage_arguments(spec: CMTSpec) -> list[dict]:
     return args
 
 
+class StageFeatureInfo(list):
+    """`feature_info`: one dict per stage (num_chs, reduction, module), plus timm's accessors."""
+
+    def channels(self, idx: int | None = None):
+        return self._get("num_chs", idx)
+
+    def reduction(self, idx: int | None = None):
+        return self._get("reduction", idx)
+
+    def module_name(self, idx: int | None = None):
+        return self._get("module", idx)
+
+    def _get(self, key: str, idx: int | None):
+        return [info[key] for info in self] if idx is None else self[idx][key]
+
+
+def take_indices(n: int, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+    """timm's rule: None takes every stage, an int n the last n, a list the named ones (negatives from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"indices={indices}: an int takes the last 1..{n} stages")
+        return list(range(n - indices, n))
+    outside = [i for i in indices if not -n <= i < n]
+    if outside or not indices:  # i % n would quietly pick another stage
+        raise ValueError(f"stage indices {list(indices)} must be in -{n}..{n - 1} and not empty")
+    return [i % n for i in indices]
+
+
 class CMT(nn.Module):
     """A CMT network: stem, stages of CMT blocks, classifier head.
 
     Speaks timm's model API: `forward_features`, `forward_head`,
-    `forward_intermediates`, `reset_classifier`, `num_features`,
-    `feature_info`, `set_grad_checkpointing`.
+    `forward_intermediates`, `prune_intermediate_layers`, `reset_classifier`,
+    `group_matcher`, `no_weight_decay`, `num_features`, `feature_info`,
+    `pretrained_cfg`, `set_grad_checkpointing`. The forward is scriptable and
+    traceable (jit, FX, torch.export) at any legal size.
     """
 
-    def __init__(self, spec: CMTSpec, features_only: bool = False):
+    def __init__(self, spec: CMTSpec, global_pool: str = "avg", features_only: bool = False):
         super().__init__()
         self.spec = spec
-        self.features_only = features_only
         self.total_stride = spec.total_stride
+        self.input_check = InputCheck(spec.total_stride)
         self.stem = Stem(spec.in_channels, spec.stem.channels)
-        self.stages = nn.ModuleList(CMTStage(**a) for a in stage_arguments(spec))
+        # A Sequential (keys stages.{i}.*): timm's FeatureListNet and torchvision's
+        # IntermediateLayerGetter can then walk stem and stages as children.
+        self.stages = nn.Sequential(*(CMTStage(**a) for a in stage_arguments(spec)))
         self.num_features = spec.stages[-1].channels
         self.head_hidden_size = spec.head.fc_channels
-        self.num_classes = spec.num_classes
-        self.feature_info = [
-            {"num_chs": s.channels, "reduction": 2 ** (i + 2), "module": f"stages.{i}"}
+        self.num_classes = 0 if features_only else spec.num_classes
+        self.global_pool = global_pool
+        self.feature_info = StageFeatureInfo(
+            {"num_chs": s.channels, "reduction": 2 ** (i + 2), "module": f"stages.{i}", "stage": i}
             for i, s in enumerate(spec.stages)
-        ]
-        self.head = None if features_only else ClassifierHead(
-            self.num_features, spec.head.fc_channels, spec.num_classes, spec.head.dropout
         )
+        self.head = None if features_only else ClassifierHead(
+            self.num_features, spec.head.fc_channels, spec.num_classes, spec.head.dropout, global_pool
+        )
+        self.pretrained_cfg = pretrained_cfg_for(spec)
+        self.default_cfg = self.pretrained_cfg
         self.apply(init_weights)
 
-    # ------------------------------------------------------------ forward paths
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise InputShapeError(f"expected a (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-        s = self.total_stride
-        if h % s or w % s:
-            raise InputShapeError(
-                f"input {h}x{w} is not a multiple of the total stride {s}; "
-                f"use e.g. {max(s, h // s * s)}x{max(s, w // s * s)}"
-            )
+    @property
+    def features_only(self) -> bool:
+        return self.head is None
 
+    # ------------------------------------------------------------ forward paths
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Unpooled last-stage map (B, C_last, H/stride, W/stride)."""
-        self._check_input(x)
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x
+        x = self.stem(self.input_check(x))
+        return self.stages(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.head is None:
-            raise RuntimeError("this model was built with features_only=True and has no head")
+            raise RuntimeError("this model has no head (built with features_only=True or pruned)")
         return self.head(x, pre_logits=pre_logits)
 
+    def stage_maps(self, x: torch.Tensor, take: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Runs stages 0..last; returns the last map run and the maps of the stages in `take`."""
+        x = self.stem(self.input_check(x))
+        maps: list[torch.Tensor] = []
+        for i, stage in enumerate(self.stages):
+            if i <= last:
+                x = stage(x)
+                if i in take:
+                    maps.append(x)
+        return x, maps
+
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
-                              intermediates_only: bool = False, stop_early: bool = False):
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
         """Stage maps at strides 4, 8, 16, 32 (as selected), plus the final map unless only those.
 
-        `indices` is a list of stage indices, or an int n for the last n stages.
+        timm's signature: `indices` is a list of stage indices or an int n for the
+        last n stages; CMT has no final norm, so `norm` changes nothing.
         """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt={output_fmt!r}: choose 'NCHW' or 'NHWC'")
         n = len(self.stages)
-        if indices is None:
-            wanted = list(range(n))
-        elif isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices={indices}: an int takes the last 1..{n} stages")
-            wanted = list(range(n - indices, n))
-        else:
-            outside = [i for i in indices if not -n <= i < n]
-            if outside or not indices:  # i % n would quietly pick another stage
-                raise ValueError(f"stage indices {list(indices)} must be in -{n}..{n - 1} and not empty")
-            wanted = [i % n for i in indices]
-        self._check_input(x)
-        x = self.stem(x)
-        maps = []
-        last = max(wanted) if stop_early or intermediates_only else n - 1
-        for i, stage in enumerate(self.stages[: last + 1]):
-            x = stage(x)
-            if i in wanted:
-                maps.append(x)
+        take = take_indices(n, indices)
+        last = max(take) if stop_early or intermediates_only else n - 1
+        x, maps = self.stage_maps(x, take, last)
+        if output_fmt == "NHWC":
+            maps = [m.permute(0, 2, 3, 1) for m in maps]
         return maps if intermediates_only else (x, maps)
 
-    def forward(self, x: torch.Tensor):
-        if self.features_only:
-            return self.forward_intermediates(x, intermediates_only=True)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
     # ------------------------------------------------------------ timm API
+    def prune_intermediate_layers(self, indices: int | list[int] | None = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one `indices` needs (and the head); returns the absolute indices."""
+        take = take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max(take) + 1]
+        if prune_head:
+            self.head = None
+            self.num_classes = 0
+        return take
+
     def get_classifier(self) -> nn.Module:
+        if self.head is None:
+            raise RuntimeError("this model has no head (built with features_only=True or pruned)")
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier (0 removes it); the new layer is freshly initialised."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier (0 removes it; global_pool='' then gives the unpooled head map)."""
         if self.head is None:
-            raise RuntimeError("this model was built with features_only=True and has no head")
-        self.num_classes = num_classes
+            raise RuntimeError("this model has no head (built with features_only=True or pruned)")
+        pool = self.global_pool if global_pool is None else global_pool
+        check_pool(pool, num_classes)
+        self.num_classes, self.global_pool, self.head.global_pool = num_classes, pool, pool
         fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         fc.apply(init_weights)
-        device = self.head.conv.weight.device
-        self.head.fc = fc.to(device)
+        self.head.fc = fc.to(self.head.conv.weight.device)
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth for timm's layer-wise LR decay: stem, then stage (or block) order."""
+        return dict(
+            stem=r"^stem",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.(?:downsample|position_bias)", (0,)),
+                (r"^stages\.(\d+)\.blocks\.(\d+)", None),
+            ],
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
@@ -138,6 +185,18 @@ class CMT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("position_bias")}
+
+
+class CMTFeatures(CMT):
+    """A headless CMT whose forward returns the maps of the `out_indices` stages (NCHW, shallow first)."""
+
+    def __init__(self, spec: CMTSpec, out_indices: list[int] | tuple[int, ...] | None = None):
+        super().__init__(spec, features_only=True)
+        self.out_indices = take_indices(len(spec.stages), list(out_indices) if out_indices is not None else None)
+        self.feature_info = StageFeatureInfo(self.feature_info[i] for i in self.out_indices)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[override]
+        return self.stage_maps(x, self.out_indices, max(self.out_indices))[1]
 
 
 def init_weights(module: nn.Module) -> None:
@@ -155,19 +214,29 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_model(spec, features_only: bool = False, overrides=None) -> CMT:
-    """Build the network a spec describes; `spec` may be a CMTSpec, a bundled name, a path or a dict."""
+def build_model(spec, features_only: bool = False, overrides=None, out_indices=None,
+                global_pool: str = "avg") -> CMT:
+    """Build the network a spec describes; `spec` may be a CMTSpec, a bundled name, a path or a dict.
+
+    `features_only=True` gives a `CMTFeatures` (the maps of `out_indices`, all stages by default).
+    """
     if not isinstance(spec, CMTSpec):
         from cmt_gen.spec.loading import load_spec
 
         spec = load_spec(spec, overrides)
     elif overrides:
         raise TypeError("overrides apply when loading a spec; pass a name, path or dict")
-    return CMT(spec, features_only=features_only)
+    if features_only:
+        return CMTFeatures(spec, out_indices)
+    if out_indices is not None:
+        raise TypeError("out_indices applies to features_only=True models")
+    return CMT(spec, global_pool=global_pool)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["CMT", "build_model", "count_parameters", "init_weights", "stage_arguments"]
+__all__ = [
+    "CMT", "CMTFeatures", "StageFeatureInfo", "build_model", "count_parameters", "init_weights", "stage_arguments",
+]
