@@ -146,8 +146,8 @@ def test_constant_bias_stays_constant_under_resampling():
 
 
 def test_native_size_uses_the_stored_bias_unchanged(monkeypatch):
-    """At the built resolution the attention sees the stored bias bit for bit (released weights rely on it),
-    although the resampling runs unconditionally (a branch would bake one size into traced graphs)."""
+    """At the built resolution the attention sees the stored bias bit for bit (released weights rely on it).
+    Graphs resample unconditionally (tests/test_export_paths.py); eager mode skips the copy."""
     import cmt_gen.model.layers as layers
 
     masks = []

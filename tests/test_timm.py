@@ -92,6 +92,32 @@ def test_forward_and_backward_through_timm(name):
     assert not no_grad, no_grad[:5]
 
 
+@pytest.mark.parametrize("name", _variants())
+def test_model_api_on_each_variant(name):
+    """timm's test_models checks, per variant: features, intermediates, classifier reset, features_only."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).eval()
+    x = _x(64, 96, batch=1)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        final, maps = model.forward_intermediates(x)
+        model.reset_classifier(0)
+        pooled = model(x)
+        model.reset_classifier(0, "")
+        unpooled = model(x)
+    assert features.shape == (1, model.num_features, 2, 3) and torch.equal(final, features)
+    assert [tuple(m.shape[1:]) for m in maps] == [
+        (c, 64 // r, 96 // r) for c, r in zip(model.feature_info.channels(), model.feature_info.reduction(),
+                                               strict=True)]
+    assert pooled.shape == (1, model.head_hidden_size) and unpooled.shape == (1, model.head_hidden_size, 2, 3)
+    torch.manual_seed(0)
+    backbone = timm.create_model(name, features_only=True, out_indices=(0, 2)).eval()
+    with torch.no_grad():
+        picked = backbone(x)
+    assert backbone.feature_info.channels() == [maps[0].shape[1], maps[2].shape[1]]
+    assert all(torch.equal(p, m) for p, m in zip(picked, [maps[0], maps[2]], strict=True))
+
+
 def test_timm_kwargs_reach_the_model():
     model = timm.create_model("cmt_ti", num_classes=10, in_chans=1, drop_rate=0.25, drop_path_rate=0.3,
                               global_pool="max")
@@ -326,3 +352,12 @@ def test_torch_hub_loads_from_the_repo(tmp_path):
     assert [m.shape[1] for m in features.eval()(_x())] == [46, 92, 184, 368]
     with pytest.raises(CmtGenError, match="released no checkpoint"):
         torch.hub.load(str(REPO), "cmt_l", source="local", pretrained=True)
+
+
+def test_release_url_only_for_the_released_layers():
+    from cmt_gen import load_spec
+    from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
+
+    assert pretrained_cfg_for(load_spec("cmt_s", ["num_classes=10"]))["url"].endswith("cmt_small.pth")
+    assert pretrained_cfg_for(load_spec("cmt_s", ["resolution=256"]))["url"] == ""  # bias shapes differ
+    assert pretrained_cfg_for(load_spec("cmt_s", ["stages.2.depth=18"]))["url"] == ""

@@ -30,15 +30,17 @@ CLASSIFIER = "head.fc"
 
 
 def release_url(spec: CMTSpec) -> str:
-    """The released checkpoint of a bundled spec, if its layers are still the released ones."""
+    """The released checkpoint of a bundled spec, if its layers (and so its weights' shapes) are still the released
+    ones; the position biases' shapes follow the resolution. timm adapts the classifier and input channels."""
     url = RELEASE_URLS.get(spec.name)
     if url is None:
         return ""
     from cmt_gen.spec.loading import load_spec
 
     released = load_spec(spec.name)
-    same = (spec.stem, spec.stages, spec.block, spec.head.fc_channels, spec.qkv_bias) == (
-        released.stem, released.stages, released.block, released.head.fc_channels, released.qkv_bias)
+    fields = ("resolution", "stem", "stages", "block", "qkv_bias")
+    same = all(getattr(spec, f) == getattr(released, f) for f in fields) and (
+        spec.head.fc_channels == released.head.fc_channels)
     return url if same else ""
 
 
