@@ -7,6 +7,7 @@ start fast.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -26,6 +27,12 @@ app = typer.Typer(
 )
 
 
+DEBUG_ENV = "CMT_GEN_DEBUG"
+# sysexits' EX_SOFTWARE: a bug in cmt-gen, not the user's input (1 means over budget / nothing found).
+EXIT_INTERNAL = 70
+_debug = False
+
+
 def _version(value: bool) -> None:
     if value:
         from cmt_gen import __version__
@@ -34,9 +41,16 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _set_debug(value: bool) -> None:
+    global _debug
+    _debug = _debug or value
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", callback=_set_debug, is_eager=True,
+                               help=f"Show the traceback of an internal error (or set {DEBUG_ENV}=1)."),
 ) -> None:
     """Spec-driven CMT backbones: build, count, check, profile and design."""
 
@@ -52,23 +66,84 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; the project's errors exit 2 with one line, usage errors too."""
+    """Run the CLI behind one error boundary.
+
+    Exit codes: 0 done; 1 over budget / nothing found (the command says which); 2 a
+    user mistake, one line naming file, field and rule; 70 an internal error (a bug),
+    one line, the traceback with --debug or CMT_GEN_DEBUG=1; 130 interrupted.
+    """
+    from cmt_gen.cli import streams
+
+    global _debug
+    _debug = os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    guard = streams.install()
     try:
-        app(args=argv, prog_name="cmt-gen")
+        code = _run(argv)
+    finally:
+        failure = streams.restore(guard)
+    if failure is not None and not guard.broken_pipe:  # a closed pipe is the reader's choice; a full disk is not
+        _print_error(f"stdout: output lost: {failure.strerror or failure}")
+        code = 2
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """The command's exit status; every failure is printed here as one line."""
+    usage, abort = _click_errors()
+    try:
+        result = app(args=argv, prog_name="cmt-gen", standalone_mode=False)
+        return result if isinstance(result, int) else 0
     except CmtGenError as exc:
         _print_error(str(exc))
-        sys.exit(2)
-    except KeyboardInterrupt:
+        return 2
+    except usage as exc:  # an unknown option, a flag value of the wrong type, a missing argument
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer has printed the help
+            return 2
+        _print_error(f"{exc.format_message()} (see {ctx.command_path if ctx else 'cmt-gen'} --help)")
+        return exc.exit_code or 2
+    except (KeyboardInterrupt, *abort):
         _print_error("interrupted")
-        sys.exit(130)
+        return 130
+    except MemoryError:
+        _print_error("out of memory: lower the resolution, widths or batch size")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, said in one line
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+            _print_error(f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                         "lower the resolution, widths or batch size")
+            return 2
+        if _debug:
+            import traceback
+
+            traceback.print_exc()
+        where = "" if _debug else f"; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        _print_error(f"internal error, a bug in cmt-gen: {type(exc).__name__}: {first[:300]}{where}")
+        return EXIT_INTERNAL
+
+
+def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """Usage-error and abort classes of the click that typer runs on (its own copy in recent typer)."""
+    import click
+
+    usage: list[type] = [click.ClickException]
+    abort: list[type] = [click.exceptions.Abort]
+    try:
+        from typer import _click as vendored
+        from typer import exceptions as typer_exceptions
+
+        usage.append(vendored.exceptions.ClickException)
+        abort.append(typer_exceptions.Abort)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(usage), tuple(abort)
 
 
 def _print_error(message: str) -> None:
-    from rich.markup import escape
+    from cmt_gen.cli.common import err_console, literal
 
-    from cmt_gen.cli.common import err_console
-
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {literal(message)}", soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order, step_progress
+from cmt_gen.cli.common import (
+    SET_HELP,
+    ReadableCommand,
+    console,
+    emit_json,
+    family_order,
+    literal,
+    one_line,
+    step_progress,
+)
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
              "CMT-S's paper/code parameter gap, are shown as such and pass unless --strict); 1 any outside "
@@ -78,7 +87,7 @@ def _cells(result, quantity: str) -> tuple[str, str]:
     checks = [c for c in result.checks if c.quantity == quantity]
     if not checks:
         return "-", "-"
-    return "\n".join(_target(c) for c in checks), "\n".join(f"{c.delta_pct:+.2f}%" for c in checks)
+    return "\n".join(literal(_target(c)) for c in checks), "\n".join(f"{c.delta_pct:+.2f}%" for c in checks)
 
 
 def _render(results, counter: str, code: int) -> None:
@@ -101,7 +110,7 @@ def _render(results, counter: str, code: int) -> None:
     for r in results:
         params_target, params_delta = _cells(r, "params")
         macs_target, macs_delta = _cells(r, "macs")
-        row = [r.spec, f"{r.height}x{r.width}", f"{r.params:,}", params_target, params_delta,
+        row = [literal(r.spec), f"{r.height}x{r.width}", f"{r.params:,}", params_target, params_delta,
                f"{r.macs / 1e9:.3f}G", macs_target, macs_delta]
         if counter == "both":
             row.append(f"{r.fvcore_macs / 1e9:.3f}G")
@@ -119,5 +128,5 @@ def _render(results, counter: str, code: int) -> None:
                   soft_wrap=True)
     for r in results:
         for note in r.notes:
-            console.print(f"  {r.spec}: {note}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"  {one_line(r.spec)}: {one_line(note)}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"Exit code {code}. ({EXIT_HELP.removeprefix('Exit code: ')})", soft_wrap=True)

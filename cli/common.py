@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +22,22 @@ def _console(stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+
+# C0 and C1 controls, DEL, line/paragraph separators and bidi overrides: never sent to the terminal raw.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(text: object) -> str:
+    """Text with every control character shown as its escape (a newline as \\n): one line, no terminal codes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+
+
+def literal(text: object) -> str:
+    """User text (names, paths, notes) for rich: printed as written, never read as markup."""
+    from rich.markup import escape
+
+    return escape(one_line(text))
+
 
 SET_HELP = "Override a field: --set stages.2.depth=18 (repeatable; values are YAML)."
 

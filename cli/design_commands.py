@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from cmt_gen.cli.common import (
@@ -22,6 +21,7 @@ from cmt_gen.cli.common import (
     fmt_delta,
     fmt_macs,
     fmt_params,
+    literal,
 )
 
 DIVISOR_HELP = ("Channels become multiples of lcm(heads, DIVISOR); 8 suits tensor cores. A width factor of "
@@ -52,16 +52,16 @@ def new(
     """Compound-scale a spec (width, depth, resolution) into a new, legal, validated spec."""
     from cmt_gen.cost.analytic import analytic_cost
     from cmt_gen.design.scaling import resolve_base, scale_spec
-    from cmt_gen.design.spec_writer import check_spec_path, write_spec
+    from cmt_gen.design.spec_writer import base_files, check_spec_path, write_spec
 
-    check_spec_path(output)
     spec, _ = resolve_base(base)
+    check_spec_path(output, inputs=base_files(base))
     factor, size = _resolution_argument(resolution)
     scaled = scale_spec(base, width, depth, factor, size=size, divisor=divisor, name=name, overrides=overrides)
     write_spec(scaled, output)
     before, after = analytic_cost(spec), analytic_cost(scaled)
-    table = Table(title=f"{scaled.name} from {spec.name}", title_justify="left")
-    for column in ("", spec.name, scaled.name, "change"):
+    table = Table(title=f"{literal(scaled.name)} from {literal(spec.name)}", title_justify="left")
+    for column in ("", literal(spec.name), literal(scaled.name), "change"):
         table.add_column(column, justify="left" if not column else "right")
     table.add_row("resolution", str(spec.resolution), str(scaled.resolution),
                   _ratio([spec.resolution], [scaled.resolution]))
@@ -78,7 +78,7 @@ def new(
     table.add_row("params", f"{before.params:,}", f"{after.params:,}", fmt_delta(after.params, before.params))
     table.add_row("MACs", fmt_macs(before.macs, 3), fmt_macs(after.macs, 3), fmt_delta(after.macs, before.macs))
     console.print(table)
-    console.print(f"wrote {escape(str(output))} (validated; provenance lists the base and every change)")
+    console.print(f"wrote {literal(str(output))} (validated; provenance lists the base and every change)")
 
 
 def _resolution_argument(text: str | None) -> tuple[float, int | None]:
@@ -135,10 +135,10 @@ def design(
     2 when the budget is impossible or malformed.
     """
     from cmt_gen.design.search import design_specs
-    from cmt_gen.design.spec_writer import check_spec_path, write_spec
+    from cmt_gen.design.spec_writer import base_files, check_spec_path, write_spec
 
     if output is not None:
-        check_spec_path(output)
+        check_spec_path(output, inputs=base_files(base))
     result = design_specs(base, params=params, macs=macs, resolution=resolution, top=top, tolerance=tolerance,
                           divisor=divisor, name=name or (output.stem if output is not None else None))
     if as_json:
@@ -147,14 +147,14 @@ def design(
         _print_designs(result)
     if not result.feasible:
         budget = ", ".join(f"{c.label} {c.describe()}" for c in result.constraints)
-        err_console.print(f"[bold red]no legal spec[/] around {escape(result.base_label)} meets {escape(budget)}; "
+        err_console.print(f"[bold red]no legal spec[/] around {literal(result.base_label)} meets {literal(budget)}; "
                           "the table shows the nearest designs. Widen --tolerance, give a range, or change "
                           "--resolution / --from.", soft_wrap=True)
         raise typer.Exit(1)
     if output is not None:
         write_spec(result.best.spec, output)
         if not as_json:
-            console.print(f"wrote the best design to {escape(str(output))} (validated)")
+            console.print(f"wrote the best design to {literal(str(output))} (validated)")
 
 
 def _design_json(result) -> dict:
@@ -175,7 +175,7 @@ def _print_designs(result) -> None:
     budget = ", ".join(f"{c.label} {c.describe()}" for c in result.constraints)
     sizes = result.space.resolutions
     where = f"{sizes[0]} px" if len(sizes) == 1 else f"{sizes[0]}..{sizes[-1]} px"
-    console.print(f"budget: {budget}; base {result.base_label}; {where}; "
+    console.print(f"budget: {budget}; base {literal(result.base_label)}; {where}; "
                   f"{result.evaluated:,} designs evaluated in {result.seconds:.2f} s")
     title = "designs meeting the budget, best first" if result.feasible else "nearest designs (none meets the budget)"
     table = Table(title=title, title_justify="left")
@@ -217,8 +217,10 @@ def sample(
 
     if output.suffix.lower() not in (".jsonl", ".ndjson"):
         raise DesignError(f"samples are written as .jsonl, not {output.suffix or 'no suffix'}", source=str(output))
-    if not (output.parent if str(output.parent) else Path(".")).is_dir():
-        raise DesignError("output folder does not exist", source=str(output))
+    from cmt_gen.design.spec_writer import base_files
+    from cmt_gen.files import check_output_target
+
+    check_output_target(output, inputs=base_files(base))
     result = sample_specs(base, n, seed=seed, params=params, macs=macs, resolution=resolution, tolerance=tolerance,
                           width_range=_multipliers(width_range, "--width-range"),
                           depth_range=_multipliers(depth_range, "--depth-range"),
@@ -226,21 +228,21 @@ def sample(
     if not result.complete:
         budget = ", ".join(f"{c.label} {c.describe()}" for c in result.constraints) or "no budget"
         err_console.print(f"[bold red]only {len(result.samples)} of {n}[/] distinct specs around "
-                          f"{escape(result.base_label)} met {escape(budget)} in {result.tries:,} draws; nothing "
+                          f"{literal(result.base_label)} met {literal(budget)} in {result.tries:,} draws; nothing "
                           "written. Widen the budget or the ranges.", soft_wrap=True)
         raise typer.Exit(1)
     write_atomic(output, result.jsonl())
-    table = Table(title=f"{n} specs from {result.base_label}, seed {seed} ({result.tries:,} draws)",
+    table = Table(title=f"{n} specs from {literal(result.base_label)}, seed {seed} ({result.tries:,} draws)",
                   title_justify="left")
     for column in ("name", "px", "channels", "depths", "E", "params", "MACs"):
         table.add_column(column, justify="left" if column == "name" else "right")
     for s in result.samples[:10]:
-        table.add_row(s.spec.name, str(s.spec.resolution), _join(st.channels for st in s.spec.stages),
+        table.add_row(literal(s.spec.name), str(s.spec.resolution), _join(st.channels for st in s.spec.stages),
                       _join(s.depths), f"{s.expansion:g}", fmt_params(s.params), fmt_macs(s.macs))
     if n > 10:
         table.add_row(f"... {n - 10} more", "", "", "", "", "", "")
     console.print(table)
-    console.print(f"wrote {escape(str(output))}: {n} validated specs, one JSON record per line")
+    console.print(f"wrote {literal(str(output))}: {n} validated specs, one JSON record per line")
 
 
 def _multipliers(text: str, field: str) -> tuple[float, float]:
@@ -270,8 +272,11 @@ def compare(
 
     if plot is not None:
         from cmt_gen.design.plotting import check_plot_path
+        from cmt_gen.files import check_output_target
+        from cmt_gen.spec.loading import spec_files
 
         check_plot_path(plot)
+        check_output_target(plot, inputs=[profile, *(f for s in specs for f in spec_files(s))])
     result = compare_specs(specs, profile, overrides)
     if as_json:
         emit_json(result.as_dict())
@@ -286,7 +291,7 @@ def compare(
                   for spec, cost, t in zip(result.specs, result.costs, speeds, strict=True)]
         plot_cost_map(plot, points, table2_points(), speed_title=speed_title(speeds))
         if not as_json:
-            console.print(f"saved plot to {escape(str(plot))}")
+            console.print(f"saved plot to {literal(str(plot))}")
 
 
 def _print_comparison(result, only_diff: bool) -> None:
@@ -294,7 +299,7 @@ def _print_comparison(result, only_diff: bool) -> None:
     table.add_column("part")
     table.add_column("field")
     for label in result.labels:
-        table.add_column(escape(label), justify="right")
+        table.add_column(literal(label), justify="right")
     section = None
     for row in result.rows:
         if only_diff and not row.differs:
@@ -303,9 +308,9 @@ def _print_comparison(result, only_diff: bool) -> None:
             table.add_section()
         part = row.section if row.section != section else ""
         section = row.section
-        cells = [escape(v) if k == 0 or not row.differs_from_first(k) else f"[bold yellow]{escape(v)}[/]"
+        cells = [literal(v) if k == 0 or not row.differs_from_first(k) else f"[bold yellow]{literal(v)}[/]"
                  for k, v in enumerate(row.values)]
-        field = f"[bold]{escape(row.label)}[/]" if row.differs else escape(row.label)
+        field = f"[bold]{literal(row.label)}[/]" if row.differs else literal(row.label)
         table.add_row(part, field, *cells)
     console.print(table)
     if result.throughput and not any(result.throughput):

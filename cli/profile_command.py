@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, err_console, family_order, fmt_bytes
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, err_console, family_order, fmt_bytes, literal
 
 
 def register(app: typer.Typer) -> None:
@@ -53,6 +53,7 @@ def profile(
     csv_path: Path = typer.Option(None, "--csv", help="Write one CSV row per model (atomically)."),
     allow_slow_precision: bool = typer.Option(False, "--allow-slow-precision",
                                               help="Measure fp16/bf16 even where the CPU only emulates it."),
+    force: bool = typer.Option(False, "--force", help="Profile even when the estimated memory exceeds what is free."),
 ) -> None:
     """Throughput (median of repeats), batch-1 latency p50/p90, peak memory and % of matmul peak."""
     from cmt_gen.profile.output import check_output_path, write_outputs
@@ -66,9 +67,17 @@ def profile(
     peers = [p.strip() for item in compare or [] for p in item.split(",") if p.strip()]
     peers += [a for a in args if is_peer(a)]
     names = [a for a in args if not is_peer(a)] or family_order(bundled_names())
+    from cmt_gen.files import check_output_target
+    from cmt_gen.spec.loading import load_spec, spec_files
+
+    inputs = [f for name in names for f in spec_files(name)] if names else []
     json_to_stdout = json_path is not None and str(json_path) == "-"
     json_file = None if json_to_stdout else check_output_path(json_path, ".json")
     csv_file = check_output_path(csv_path, ".csv")
+    if json_file is not None:
+        json_file = check_output_target(json_file, inputs=inputs)
+    if csv_file is not None:
+        csv_file = check_output_target(csv_file, inputs=inputs, others=[json_file])
     settings = resolve_settings(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
         compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,
@@ -76,6 +85,9 @@ def profile(
         allow_slow_precision=allow_slow_precision,
     )
     targets = [make_target(name, overrides=overrides) for name in names]
+    from cmt_gen.profile.fits import check_profile_fits
+
+    check_profile_fits([load_spec(name, overrides) for name in names], settings, force=force)
     for peer in peers:
         if not peer.startswith("timm:"):
             from cmt_gen.errors import CmtGenError
@@ -84,15 +96,15 @@ def profile(
         targets.append(make_target(peer))
 
     run = _run_with_progress(targets, settings)
+    written = write_outputs(run, json_file, csv_file)  # first: the measurements outlive any printing trouble
     print_run(run, err_console if json_to_stdout else console)
     if json_to_stdout:
         from cmt_gen.cli.common import emit_json
         from cmt_gen.profile.output import run_payload
 
         emit_json(run_payload(run))
-    written = write_outputs(run, json_file, csv_file)
     for path in written:
-        err_console.print(f"wrote {path}")
+        err_console.print(f"wrote {literal(path)}")
     if run.interrupted:
         err_console.print(f"[bold yellow]interrupted:[/] kept {len(run.results)} finished model(s) of "
                           f"{len(targets)}")
@@ -157,11 +169,11 @@ def print_run(run, out=None) -> None:
         table.add_column(column, justify="left" if column in ("model", "note") else "right")
     for r in run.results:
         if r.error:
-            table.add_row(r.name, f"{r.resolution}", "-", "-", "-", "-", "-", _g(r.macs_per_image), "-", "-", "-",
-                          _num(r.paper_throughput), f"[red]{_escape(r.error)}[/]")
+            table.add_row(literal(r.name), f"{r.resolution}", "-", "-", "-", "-", "-", _g(r.macs_per_image), "-", "-",
+                          "-", _num(r.paper_throughput), f"[red]{_escape(r.error)}[/]")
             continue
         table.add_row(
-            r.name, f"{r.resolution}", str(r.batch_size),
+            literal(r.name), f"{r.resolution}", str(r.batch_size),
             f"[yellow]~{r.images_per_s:,.1f} noisy[/]" if r.noisy else f"{r.images_per_s:,.1f}",
             f"{r.spread * 100:.1f}%" if r.spread is not None else "-",
             f"{r.latency_p50_ms:,.1f} / {r.latency_p90_ms:,.1f}" if r.latency_p50_ms is not None else "-",
@@ -233,8 +245,8 @@ def _print_ratios(run, console) -> None:
     for column in ("CMT", "peer", "paper", "measured here", "paper row"):
         table.add_column(column, justify="left" if column in ("CMT", "peer", "paper row") else "right")
     for r in ratios:
-        table.add_row(r.cmt, r.peer, f"{r.paper:.3f}" if r.paper else "-",
-                      f"{r.measured:.3f}" if r.measured else "-", r.paper_peer_row or "-")
+        table.add_row(literal(r.cmt), literal(r.peer), f"{r.paper:.3f}" if r.paper else "-",
+                      f"{r.measured:.3f}" if r.measured else "-", literal(r.paper_peer_row or "-"))
     console.print(table)
 
 
@@ -247,6 +259,4 @@ def _num(value: float | None) -> str:
 
 
 def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
+    return literal(text)

@@ -7,7 +7,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, family_order, fmt_macs, fmt_params
+from cmt_gen.cli.common import (
+    SET_HELP,
+    ReadableCommand,
+    console,
+    emit_json,
+    family_order,
+    fmt_macs,
+    fmt_params,
+    literal,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +37,10 @@ def build(
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.cost.summary import summarize
     from cmt_gen.model.build_job import check_build_fits, check_output_path, run_build
-    from cmt_gen.spec.loading import load_spec
+    from cmt_gen.spec.loading import load_spec, spec_files
 
     resolved = load_spec(spec, overrides)
-    check_output_path(output)
+    check_output_path(output, inputs=[*spec_files(spec), weights])
     check_build_fits(resolved, force=force)  # before any output: a refusal is the only line printed
     summary = summarize(resolved)
     if not as_json:
@@ -45,20 +54,20 @@ def build(
                    "weights": result.weights_loaded, "saved_to": result.saved_to})
         return
     console.print(
-        f"built [bold]{resolved.name}[/]: {result.params:,} parameters "
+        f"built [bold]{literal(resolved.name)}[/]: {result.params:,} parameters "
         f"(analytic count agrees), {summary.cost.macs / 1e9:.3f} GMACs at {resolved.resolution}x{resolved.resolution}"
     )
     if result.weights_loaded:
-        console.print(f"loaded weights strictly from {result.weights_loaded}")
+        console.print(f"loaded weights strictly from {literal(result.weights_loaded)}")
     console.print(f"forward pass on a dummy batch: output {tuple(result.output_shape)} "
                   f"in {result.forward_seconds * 1000:.0f} ms")
     if result.saved_to:
-        console.print(f"saved weights to {result.saved_to}")
+        console.print(f"saved weights to {literal(result.saved_to)}")
 
 
 def print_stage_table(summary) -> None:
     spec = summary.spec
-    table = Table(title=f"{spec.name} at {spec.resolution}x{spec.resolution}", title_justify="left")
+    table = Table(title=f"{literal(spec.name)} at {spec.resolution}x{spec.resolution}", title_justify="left")
     for column in ("part", "feature", "tokens", "K/V tokens", "channels", "depth", "heads", "reduction",
                    "params", "MACs"):
         table.add_column(column, justify="left" if column == "part" else "right")
@@ -87,7 +96,7 @@ def validate(
 
     for source in specs:
         resolved = load_spec(source, overrides)
-        console.print(f"[green]ok[/] {source}: {resolved.name}, {len(resolved.stages)} stages, "
+        console.print(f"[green]ok[/] {literal(source)}: {literal(resolved.name)}, {len(resolved.stages)} stages, "
                       f"{resolved.resolution}x{resolved.resolution}")
 
 
@@ -118,8 +127,9 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
                    "paper top-1", THROUGHPUT_LABEL):
         table.add_column(column, justify="left" if column == "name" else "right")
     for r in records:
-        table.add_row(r["name"], str(r["resolution"]), fmt_params(r["params"]), r["paper_params"] or "-",
-                      fmt_macs(r["macs"]), r["paper_macs"] or "-",
+        table.add_row(literal(r["name"]), str(r["resolution"]), fmt_params(r["params"]),
+                      literal(r["paper_params"] or "-"),
+                      fmt_macs(r["macs"]), literal(r["paper_macs"] or "-"),
                       f"{r['paper_top1']}%" if r["paper_top1"] else "-",
                       str(r["paper_throughput"] or "-"))
     console.print(table)
