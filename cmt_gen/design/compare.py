@@ -22,6 +22,8 @@ from cmt_gen.spec.schema import CMTSpec
 NAME_KEYS = ("name", "spec", "spec_name", "model", "variant")
 THROUGHPUT_KEYS = ("images_per_s", "images_per_second", "throughput", "images_per_sec", "img_per_s")
 SUMMARY_KEYS = ("median", "mean", "value", "images_per_second", "throughput")
+MAX_PROFILE_BYTES = 64 << 20  # a profile of hundreds of models is a few MB
+MAX_PROFILE_DEPTH = 32  # `cmt-gen profile --json` nests 4 deep
 
 
 class ProfileError(CmtGenError):
@@ -113,6 +115,18 @@ def _records(data: Any) -> list[Mapping]:
     return []
 
 
+def _depth(data: Any, limit: int) -> int:
+    """Nesting depth of parsed JSON, without recursion; stops counting past `limit`."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= limit:
+                stack += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
 def load_profile(path: str | Path) -> dict[str, Throughput]:
     """Images/s per spec name from `cmt-gen profile --json` output (best record per name).
 
@@ -121,15 +135,20 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
     speed under images_per_s, images_per_second or throughput (a number, or a
     mapping with a median). Failed records (with an `error`) are skipped.
     """
+    from cmt_gen.files import read_bounded
+
     path = Path(path)
+    raw = read_bounded(path, MAX_PROFILE_BYTES, ProfileError)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ProfileError("no such file", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"cannot read: {exc}", source=str(path)) from None
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ProfileError("not UTF-8 text; a profile file is JSON", source=str(path)) from None
     except json.JSONDecodeError as exc:
         raise ProfileError(f"not JSON (line {exc.lineno}): {exc.msg}", source=str(path)) from None
+    except RecursionError:
+        raise ProfileError(f"JSON nests deeper than {MAX_PROFILE_DEPTH} levels", source=str(path)) from None
+    if _depth(data, MAX_PROFILE_DEPTH) > MAX_PROFILE_DEPTH:
+        raise ProfileError(f"JSON nests deeper than {MAX_PROFILE_DEPTH} levels", source=str(path))
     found: dict[str, Throughput] = {}
     env = data.get("env") if isinstance(data, Mapping) and isinstance(data.get("env"), Mapping) else {}
     for record in _records(data):

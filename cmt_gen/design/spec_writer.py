@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from cmt_gen.design.scaling import DesignError
@@ -23,14 +24,25 @@ def spec_yaml(spec: CMTSpec) -> str:
     return text
 
 
-def check_spec_path(path: str | Path) -> Path:
-    """Fail before any work if a spec cannot be written there."""
+def check_spec_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
+    """Fail before any work if a spec cannot be written there, or would replace one of the `inputs`."""
+    from cmt_gen.files import check_output_target
+
     path = Path(path)
     if path.suffix.lower() not in SPEC_SUFFIXES:
         raise DesignError(f"a spec is written as .yaml or .yml, not {path.suffix or 'no suffix'}", source=str(path))
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise DesignError("output folder does not exist", source=str(path))
+    check_output_target(path, inputs=inputs)
     return path
+
+
+def base_files(base: str | Path | None) -> list[Path]:
+    """Files a design reads: the base's chain, or every bundled spec when the search picks one."""
+    from cmt_gen.spec.bundled import bundled_names, bundled_path
+    from cmt_gen.spec.loading import spec_files
+
+    if base is None:
+        return [p for p in (bundled_path(n) for n in bundled_names()) if p is not None]
+    return spec_files(base)
 
 
 def write_spec(spec: CMTSpec, path: str | Path) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +22,17 @@ class BuildResult:
     saved_to: str | None
 
 
-def check_output_path(output: str | Path | None) -> Path | None:
-    """Fail before any work if the output cannot be written."""
+def check_output_path(output: str | Path | None, inputs: Iterable[str | Path | None] = ()) -> Path | None:
+    """Fail before any work if the output cannot be written, or would replace one of the `inputs`."""
+    from cmt_gen.files import check_output_target
+
     if output is None:
         return None
     path = Path(output)
     if path.suffix not in SAVE_SUFFIXES:
         raise CmtGenError(f"weights are saved as {', '.join(SAVE_SUFFIXES)}, not {path.suffix or 'no suffix'}",
                           source=str(path))
-    if not path.parent.is_dir():
-        raise CmtGenError("output folder does not exist", source=str(path))
+    check_output_target(path, inputs=[p for p in inputs if p is not None])
     return path
 
 
@@ -57,7 +59,7 @@ def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool = False) -> None
     """Refuse, from the analytic count alone, a build whose forward pass would not fit in memory."""
     from cmt_gen.cost.memory_guard import check_fits
 
-    check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it",
+    check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it", mode="infer",
                alternative="lower the resolution or the widths, or pass --force", field="build", force=force)
 
 

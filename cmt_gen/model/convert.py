@@ -61,7 +61,7 @@ def convert_official_key(key: str) -> str:
 
 
 def is_official_layout(state_dict: Mapping[str, object]) -> bool:
-    return any(k.startswith(("blocks_a.", "patch_embed_a.", "stem_conv1.")) for k in state_dict)
+    return any(isinstance(k, str) and k.startswith(("blocks_a.", "patch_embed_a.", "stem_conv1.")) for k in state_dict)
 
 
 def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -100,8 +100,7 @@ def unwrap_checkpoint(obj: object) -> Mapping[str, torch.Tensor]:
 def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
     """Read a `.pt`/`.pth` (weights only: a pickle that runs code is refused) or `.safetensors`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError("no such file", source=str(path))
+    _check_checkpoint_file(path)
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -124,6 +123,54 @@ def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
         raise CheckpointError(exc.rule, source=str(path)) from None
 
 
+def _check_checkpoint_file(path: Path) -> None:
+    """A regular file that fits in memory: torch would read a FIFO or /dev/zero forever."""
+    import os
+    import stat
+
+    from cmt_gen.cost.memory_guard import available_memory
+
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError("no such file", source=str(path)) from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise CheckpointError(f"is {kind}; a checkpoint is a .pt, .pth or .safetensors file", source=str(path))
+    free = available_memory()
+    if info.st_size > free:
+        raise CheckpointError(f"is {info.st_size / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB of memory "
+                              "available to read it", source=str(path))
+
+
+def check_tensors(state_dict: Mapping[object, object], own: Mapping[str, torch.Tensor],
+                  source: str | None) -> None:
+    """Names are strings, values tensors, and each weight of the model gets a floating-point tensor.
+
+    A checkpoint of integers, booleans or complex numbers would load "successfully" through
+    torch's silent casts; it is never the model's weights.
+    """
+    for key, value in state_dict.items():
+        if not isinstance(key, str):
+            raise CheckpointError(f"a state dict maps parameter names to tensors, found the {type(key).__name__} "
+                                  f"key {key!r}", source=source)
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"holds a {type(value).__name__}, not a tensor", source=source, field=key)
+    for key, expected in own.items():
+        value = state_dict.get(key)
+        if not isinstance(value, torch.Tensor):
+            continue  # a missing key is reported with the others
+        if expected.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"dtype {str(value.dtype).removeprefix('torch.')}; a weight of the model is a "
+                                  "floating-point tensor", source=source, field=key)
+        if not expected.is_floating_point() and (value.is_floating_point() or value.is_complex()
+                                                 or value.dtype == torch.bool):
+            raise CheckpointError(f"dtype {str(value.dtype).removeprefix('torch.')}; this buffer holds whole numbers "
+                                  f"({str(expected.dtype).removeprefix('torch.')})", source=source, field=key)
+
+
 # The line of torch's refusal that says what the pickle asked for (a global, an opcode).
 _REFUSAL = re.compile(r"(Unsupported [^\n]*?|Trying to load unsupported GLOBAL [^\n]*?)(?:\.(?=\s|$)|\n|$)")
 
@@ -142,9 +189,14 @@ def _load_failure(exc: Exception) -> str:
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                            source: str | None = None) -> None:
     """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once."""
-    if is_official_layout(state_dict):
-        state_dict = convert_official_state_dict(state_dict)
     own = model.state_dict()
+    check_tensors(state_dict, own, source)
+    if is_official_layout(state_dict):
+        try:
+            state_dict = convert_official_state_dict(state_dict)
+        except CheckpointError as exc:
+            raise CheckpointError(exc.rule, source=source) from None
+        check_tensors(state_dict, own, source)  # dtypes, now under our names
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [

@@ -20,8 +20,9 @@ def bundled_names() -> list[str]:
 
 def bundled_path(name: str) -> Path | None:
     key = name.strip().lower().replace("-", "_")
-    path = bundled_dir() / f"{key}.yaml"
-    return path if path.is_file() else None
+    if key not in bundled_names():  # never probe the file system with arbitrary text (too long, NUL, ../)
+        return None
+    return bundled_dir() / f"{key}.yaml"
 
 
 def looks_like_path(source: str) -> bool:

@@ -18,6 +18,7 @@ from cmt_gen.spec.validation import validate_spec
 from cmt_gen.spec.yaml_reader import parse_yaml_text, read_yaml_file
 
 MAX_EXTENDS_DEPTH = 16
+MAX_OVERRIDE_PARTS = 16  # a field path is a few names deep; thousands would only recurse
 
 # Fields whose change leaves parameters and MACs as they are: a spec changed only
 # here still describes the paper's network, so its reference figures stay.
@@ -95,6 +96,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key:
         raise SpecError("an override is written key.path=value, e.g. stages.2.depth=18", source=origin)
     parts = key.split(".")
+    if len(parts) > MAX_OVERRIDE_PARTS:
+        raise SpecError(f"the field path has {len(parts)} parts; a spec's fields are at most "
+                        f"{MAX_OVERRIDE_PARTS} deep", source=origin)
     if any(not p for p in parts):
         raise SpecError(f"{key!r} has an empty path component", source=origin)
     value = parse_yaml_text(raw, origin) if raw.strip() else ""
@@ -129,19 +133,25 @@ def apply_override(data: dict, parts: list[str], value: Any, origin: str) -> dic
 
 # ---------------------------------------------------------------- resolution
 
-def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
-    """Read a spec source into a plain dict with `extends` resolved; returns (data, origin)."""
+def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
+                     reads: list[Path] | None = None) -> tuple[dict, str]:
+    """Read a spec source into a plain dict with `extends` resolved; returns (data, origin).
+
+    Every file read is appended to `reads` (when given): outputs must never land on them.
+    """
     if isinstance(source, Mapping):
         data, origin, base_dir = dict(source), "<dict>", Path.cwd()
     else:
         text = str(source)
         path = Path(text)
-        bundled = None if looks_like_path(text) or path.is_file() else bundled_path(text)
-        if bundled is None and not path.exists() and not looks_like_path(text):
+        bundled = None if looks_like_path(text) or _is_file(path) else bundled_path(text)
+        if bundled is None and not _exists(path) and not looks_like_path(text):
             raise SpecError(unknown_name_rule(text), source=text)
         path = bundled or path
         origin = str(source) if bundled is None else f"{text} ({path.name})"
         data, base_dir = read_yaml_file(path), path.resolve().parent
+        if reads is not None:
+            reads.append(path)
         if path.resolve().as_posix() in chain:
             raise SpecError(f"extends itself through {' -> '.join(chain)}", source=origin, field="extends")
         chain = (*chain, path.resolve().as_posix())
@@ -157,23 +167,45 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = ()) 
     if len(chain) > MAX_EXTENDS_DEPTH:
         raise SpecError(f"extends chain deeper than {MAX_EXTENDS_DEPTH}", source=origin, field="extends")
     parent_path = base_dir / parent
-    parent_source: str | Path = parent_path if looks_like_path(parent) or parent_path.is_file() else parent
+    parent_source: str | Path = parent_path if looks_like_path(parent) or _is_file(parent_path) else parent
     # A base that cannot be found, or that closes a cycle, is this file's mistake: name this file.
     if isinstance(parent_source, Path):
-        if not parent_path.is_file():
+        if not _is_file(parent_path):
             raise SpecError(f"base spec {parent!r} not found: no file {parent_path}", source=origin, field="extends")
         if parent_path.resolve().as_posix() in chain:
             cycle = [Path(p).name for p in (*chain, parent_path.resolve().as_posix())]
             raise SpecError(f"cycle: {' -> '.join(cycle)}", source=origin, field="extends")
     elif bundled_path(parent) is None:
         raise SpecError(unknown_name_rule(parent), source=origin, field="extends")
-    base, _ = _raw_from_source(parent_source, chain)
+    base, _ = _raw_from_source(parent_source, chain, reads)
     merged = _merge(base, data, "", origin)
     changed = [p for p in _leaf_paths(data) if affects_cost(p)]
     _mark_derived(merged, base, f"extends {parent}", changed, keeps_reference="reference" in data,
                   own_notes=data.get("provenance", []))
     return merged, origin
 
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that answers False for names the OS refuses (too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def spec_files(source: str | Path | Mapping) -> list[Path]:
+    """The files a spec source is read from (itself and its `extends` chain): a command's inputs."""
+    reads: list[Path] = []
+    _raw_from_source(source, reads=reads)
+    return reads
 
 
 _DERIVATION_PREFIXES = ("extends ", "overrides: ")

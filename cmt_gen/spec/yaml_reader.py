@@ -88,15 +88,11 @@ def parse_yaml_text(text: str, origin: str) -> Any:
 
 
 def read_yaml_file(path: Path) -> Any:
+    """Read a spec file: a regular file of at most MAX_SPEC_BYTES, checked before reading."""
+    from cmt_gen.files import read_bounded
+
     origin = str(path)
-    if not path.exists():
-        raise SpecError("no such file", source=origin)
-    if not path.is_file():
-        raise SpecError("not a file", source=origin)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", source=origin) from None
+    raw = read_bounded(path, MAX_SPEC_BYTES, SpecError)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
