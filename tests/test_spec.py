@@ -174,7 +174,7 @@ def test_several_problems_are_listed_in_one_message():
     ("stages.1.expansion=0.01", "stages.1.expansion", "0 hidden channels"),
     ("stages.1.expansion=0", "stages.1.expansion", "greater than 0"),
     ("stages.1.expansion=-2", "stages.1.expansion", "greater than 0"),
-    ("stages.1.expansion=.inf", "stages.1.expansion", "not a finite number"),
+    ("stages.1.expansion=.inf", "stages.1.expansion", "should be a finite number"),
     ("stages.1.channels=0", "stages.1.channels", "greater than 0"),
     ("stages.1.depth=0", "stages.1.depth", "greater than 0"),
     ("stages.1.heads=0", "stages.1.heads", "greater than 0"),

@@ -26,6 +26,7 @@ class Cx:
     params: int = 0
     macs: int = 0
     acts: int = 0
+    peak: int = 0  # largest output count of one block (or stem, head): live at once in inference
 
     def fork(self) -> Cx:
         return Cx(self.h, self.w)
@@ -147,12 +148,19 @@ def cmt_block_cost(cx: Cx, dim: int, heads: int, reduction: int, hidden: int, qk
 def cmt_stage_cost(cx: Cx, c_in: int, dim: int, depth: int, heads: int, reduction: int,
                    hidden: int, qkv_bias: bool, lpu: bool, reduction_kind: str,
                    position_bias: str) -> Cx:
+    """Patch aggregation, then `depth` identical blocks: one block's cost times depth (O(1) in depth)."""
+    before = cx.acts
     patch_aggregation_cost(cx, c_in, dim)
+    cx.peak = max(cx.peak, cx.acts - before)
     if position_bias == "stage":
         cx.params += position_bias_params(heads, cx.h, cx.w, reduction)
-    for _ in range(depth):
-        cmt_block_cost(cx, dim, heads, reduction, hidden, qkv_bias, lpu, reduction_kind,
-                       position_bias == "block")
+    block = cmt_block_cost(cx.fork(), dim, heads, reduction, hidden, qkv_bias, lpu, reduction_kind,
+                           position_bias == "block")
+    cx.params += depth * block.params
+    cx.macs += depth * block.macs
+    cx.acts += depth * block.acts
+    cx.peak = max(cx.peak, block.acts + cx.h * cx.w * dim)  # plus the block's input, kept for the residual
+    cx.h, cx.w = block.h, block.w
     return cx
 
 
@@ -177,6 +185,7 @@ class PartCost:
     acts: int
     height: int
     width: int
+    peak_acts: int = 0
 
 
 @dataclass
@@ -199,6 +208,11 @@ class ModelCost:
     @property
     def activations(self) -> int:
         return sum(p.acts for p in self.parts)
+
+    @property
+    def peak_activations(self) -> int:
+        """Outputs of the largest block (or stem, head) with its input: what inference holds at once."""
+        return max((p.peak_acts for p in self.parts), default=0)
 
     @property
     def flops(self) -> int:
@@ -238,7 +252,7 @@ def analytic_cost(spec, height: int | None = None, width: int | None = None) -> 
     opts = spec.block
     cx = Cx(h, w)
     stem_cost(cx, spec.in_channels, spec.stem.channels)
-    result.parts.append(PartCost("stem", cx.params, cx.macs, cx.acts, cx.h, cx.w))
+    result.parts.append(PartCost("stem", cx.params, cx.macs, cx.acts, cx.h, cx.w, cx.acts))
     c_in = spec.stem.channels
     for i, stage in enumerate(spec.stages):
         part = Cx(cx.h, cx.w)
@@ -247,12 +261,12 @@ def analytic_cost(spec, height: int | None = None, width: int | None = None) -> 
                        opts.position_bias.value)
         if (h, w) != (spec.resolution, spec.resolution) and opts.position_bias.value != "none":
             part.params += _bias_shape_correction(spec, i, stage, h, w)
-        result.parts.append(PartCost(f"stage{i}", part.params, part.macs, part.acts, part.h, part.w))
+        result.parts.append(PartCost(f"stage{i}", part.params, part.macs, part.acts, part.h, part.w, part.peak))
         cx.h, cx.w = part.h, part.w
         c_in = stage.channels
     head = Cx(cx.h, cx.w)
     classifier_head_cost(head, c_in, spec.head.fc_channels, spec.num_classes)
-    result.parts.append(PartCost("head", head.params, head.macs, head.acts, cx.h, cx.w))
+    result.parts.append(PartCost("head", head.params, head.macs, head.acts, cx.h, cx.w, head.acts))
     return result
 
 

@@ -28,28 +28,50 @@ def available_memory() -> int:
         return 1 << 62
 
 
-def estimated_forward_bytes(spec, height: int, width: int, batch: int = 1) -> int:
-    """float32 bytes of the parameters plus every conv/linear/attention output of one forward.
+# What a run keeps of the activations: inference frees each block's outputs (twice the largest
+# block, for softmax and matmul copies); a trace or a training step keeps them all (training
+# twice, for their gradients).
+HOLDS = {"infer": "peak", "trace": "all", "train": "all"}
+# Copies of the weights: training adds gradients and AdamW's two moments.
+WEIGHT_COPIES = {"infer": 1, "trace": 1, "train": 4}
 
-    An upper bound for inference (outputs are freed as it goes), about right for a trace.
-    """
+
+def memory_parts(spec, height: int, width: int, batch: int = 1, mode: str = "trace") -> dict[str, int]:
+    """float32 bytes of the weights, the input batch and the activations a run holds at its peak."""
     from cmt_gen.cost.analytic import analytic_cost
 
+    if mode not in HOLDS:
+        raise ValueError(f"unknown mode {mode!r}; one of {', '.join(HOLDS)}")
     cost = analytic_cost(spec, height, width)
-    return BYTES_PER_ELEMENT * (cost.params + batch * cost.activations)
+    peak = HOLDS[mode] == "peak"
+    acts = 2 * cost.peak_activations if peak else cost.activations * (2 if mode == "train" else 1)
+    return {
+        "weights": BYTES_PER_ELEMENT * cost.params * WEIGHT_COPIES[mode],
+        "input": BYTES_PER_ELEMENT * batch * spec.in_channels * height * width,
+        "activations": BYTES_PER_ELEMENT * batch * acts,
+    }
+
+
+def estimated_forward_bytes(spec, height: int, width: int, batch: int = 1, mode: str = "trace") -> int:
+    """float32 bytes of weights + input batch + activations held at the peak of a run (see `memory_parts`).
+
+    With mode "trace" (every output kept) an upper bound for inference, about right for a trace.
+    """
+    return sum(memory_parts(spec, height, width, batch, mode).values())
 
 
 def check_fits(spec, height: int, width: int, batch: int, *, action: str, alternative: str,
-               field: str, memory_limit: int | None = None, force: bool = False) -> None:
+               field: str, memory_limit: int | None = None, force: bool = False, mode: str = "trace") -> None:
     """Raise a CmtGenError naming the estimate and the way to force it when it would not fit."""
     if force:
         return
-    need = estimated_forward_bytes(spec, height, width, batch)
+    parts = memory_parts(spec, height, width, batch, mode)
+    need = sum(parts.values())
     limit = available_memory() if memory_limit is None else memory_limit
     if need > limit:
+        detail = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in parts.items())
         raise CmtGenError(
-            f"{action} at {height}x{width} needs about {need / 2**30:.1f} GiB (4 bytes x (parameters + "
-            f"activations of one forward pass), from the analytic count), more than the {limit / 2**30:.1f} GiB "
-            f"available; {alternative}",
+            f"{action} at {height}x{width}, batch {batch}, needs about {need / 2**30:.1f} GiB (float32 {detail} "
+            f"GiB, from the analytic count), more than the {limit / 2**30:.1f} GiB available; {alternative}",
             source=spec.name, field=field,
         )

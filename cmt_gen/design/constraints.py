@@ -17,7 +17,7 @@ from cmt_gen.design.scaling import (
     resolution_step,
 )
 from cmt_gen.spec.quantity import format_in_unit, parse_quantity, quantity_text
-from cmt_gen.spec.schema import CMTSpec
+from cmt_gen.spec.schema import MAX_RESOLUTION, CMTSpec
 
 DEFAULT_TOLERANCE = (0.01, 0.02)  # params, MACs
 
@@ -191,6 +191,9 @@ def resolution_choices(spec: CMTSpec, value: int | str | Sequence[int] | None) -
             low, high = value
         if low > high:
             raise DesignError(f"resolution range minimum {low:g} is above its maximum {high:g}", field="resolution")
+        if not (math.isfinite(low) and math.isfinite(high)) or high > MAX_RESOLUTION:
+            raise DesignError(f"a resolution range lies within 1..{MAX_RESOLUTION} px, got {low:g}..{high:g}",
+                              field="resolution")
     sizes = [r for r in range(step, int(high) + 1, step) if r >= low]
     if not sizes:
         raise DesignError(f"no legal resolution (multiple of {step}) lies in {low:g}..{high:g}", field="resolution")

@@ -98,10 +98,16 @@ def _geometric(low: float, high: float, ratio: float) -> list[float]:
     return [low * (high / low) ** (k / count) for k in range(count + 1)]
 
 
+MAX_MULTIPLIER = 16.0  # a design space 16x wider, deeper or larger than its base is another network family
+
+
 def check_multiplier_range(value: Sequence[float], field: str) -> tuple[float, float]:
     low, high = (float(v) for v in value)
     if not (0 < low <= high and math.isfinite(high)):
         raise DesignError(f"a range of multipliers needs 0 < min <= max, got {low:g}..{high:g}", field=field)
+    if high > MAX_MULTIPLIER or low < 1 / MAX_MULTIPLIER:
+        raise DesignError(f"a range of multipliers lies within {1 / MAX_MULTIPLIER:g}..{MAX_MULTIPLIER:g}, got "
+                          f"{low:g}..{high:g}", field=field)
     return low, high
 
 

@@ -57,9 +57,13 @@ def nearest_resolution(spec: CMTSpec, value: float) -> int:
 
 def check_resolution(spec: CMTSpec, size: int, field: str = "resolution") -> int:
     """Refuse an explicit input size that breaks the stride or a reduction ratio."""
+    from cmt_gen.spec.schema import MAX_RESOLUTION
+
     step = resolution_step(spec)
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise DesignError(f"a resolution is a positive whole number of pixels, got {size!r}", field=field)
+    if size > MAX_RESOLUTION:
+        raise DesignError(f"a resolution is at most {MAX_RESOLUTION} px, got {_short(size)}", field=field)
     if size % step:
         low = size // step * step
         options = f"{low} or {low + step}" if low else f"{step}"
@@ -69,6 +73,12 @@ def check_resolution(spec: CMTSpec, size: int, field: str = "resolution") -> int
             field=field,
         )
     return size
+
+
+def _short(value: object) -> str:
+    """A number the user typed, cut short when it has hundreds of digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def channel_multiple(heads: int, divisor: int) -> int:
@@ -220,6 +230,8 @@ def scale_spec(
     `resolution` is a factor; `size` sets the input side in pixels instead (it
     must be legal). `overrides` (`['stages.0.heads=2']`) apply last.
     """
+    if name is not None and not name.strip():
+        raise DesignError("a new spec needs a name that is not blank", field="name")
     spec, label = resolve_base(base)
     width = check_factor(width, "width")
     depth = check_factor(depth, "depth")

@@ -138,13 +138,13 @@ def resolve_settings(
     if precision is None:
         precision = preset.precision if preset else "fp32"
     precision = _choice(precision, PRECISIONS, "precision")
-    _positive(batch_size, "batch_size")
-    _positive(repeats, "repeats")
+    _positive(batch_size, "batch_size", MAX_COUNTS["batch_size"])
+    _positive(repeats, "repeats", MAX_COUNTS["repeats"])
     _positive(threads, "threads")
-    _non_negative(warmup, "warmup")
-    _positive(iters, "iters")
-    if min_time is not None and (not math.isfinite(min_time) or min_time < 0):
-        raise CmtGenError(f"must be a number of seconds >= 0, got {min_time}", field="min_time")
+    _non_negative(warmup, "warmup", MAX_COUNTS["warmup"])
+    _positive(iters, "iters", MAX_COUNTS["iters"])
+    if min_time is not None and (not math.isfinite(min_time) or not 0 <= min_time <= MAX_MIN_TIME):
+        raise CmtGenError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}", field="min_time")
     if compile_mode is not None:
         compile = True
         _check_compile_mode(compile_mode)
@@ -309,14 +309,28 @@ def _choice(value: str, allowed: tuple[str, ...], field: str) -> str:
     return text
 
 
-def _positive(value: int | None, field: str) -> None:
+# Upper bounds of the counts a user types: far beyond any useful run, short of one that never ends.
+MAX_COUNTS = {"batch_size": 65536, "repeats": 1000, "warmup": 10_000, "iters": 100_000}
+MAX_MIN_TIME = 3600.0
+
+
+def _positive(value: int | None, field: str, most: int | None = None) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise CmtGenError(f"must be a whole number >= 1, got {value!r}", field=field)
+    if value is not None and most is not None and value > most:
+        raise CmtGenError(f"must be a whole number from 1 to {most}, got {_short(value)}", field=field)
 
 
-def _non_negative(value: int | None, field: str) -> None:
+def _non_negative(value: int | None, field: str, most: int | None = None) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise CmtGenError(f"must be a whole number >= 0, got {value!r}", field=field)
+    if value is not None and most is not None and value > most:
+        raise CmtGenError(f"must be a whole number from 0 to {most}, got {_short(value)}", field=field)
+
+
+def _short(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
 def _check_threads(threads: int) -> None:

@@ -23,10 +23,25 @@ def _printed(value: object) -> str:
 
 PrintedQuantity = Annotated[str, BeforeValidator(_printed)]
 
-# Strict scalars: YAML's `true` must not become 1, nor 224.5 become 224.
+# Strict scalars: YAML's `true` must not become 1, nor 224.5 become 224; no inf or nan.
 Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]
+Float = Annotated[float, Strict(), Field(allow_inf_nan=False)]
 Bool = Annotated[bool, Strict()]
+
+# Upper bounds, far above any real CMT (CMT-L: 288 px, 23 blocks in a stage, 608 channels), low enough
+# that counting stays instant and no number typed by mistake reaches an allocator.
+MAX_RESOLUTION = 8192
+MAX_CHANNELS = 16384
+MAX_DEPTH = 1024
+MAX_HEADS = 1024
+MAX_STAGES = 8
+MAX_EXPANSION = 64.0
+MAX_IN_CHANNELS = 1024
+MAX_CLASSES = 1_000_000
+# Whole-network limits from a quick estimate (exact counts come later, from cost.analytic):
+# 1e11 parameters are 400 GB of float32 weights, 1e11 attention scores per image 400 GB of memory.
+MAX_PARAMS_ESTIMATE = 100e9
+MAX_ATTENTION_ESTIMATE = 100e9
 
 
 class _Strict(BaseModel):
@@ -57,15 +72,15 @@ class PositionBias(str, Enum):
 
 
 class StemSpec(_Strict):
-    channels: Int = Field(gt=0, description="Channels s of the three 3x3 stem convolutions.")
+    channels: Int = Field(gt=0, le=MAX_CHANNELS, description="Channels s of the three 3x3 stem convolutions.")
 
 
 class StageSpec(_Strict):
-    channels: Int = Field(gt=0, description="Channels C_i of the stage.")
-    depth: Int = Field(gt=0, description="Number of CMT blocks.")
-    heads: Int = Field(gt=0, description="Attention heads; must divide channels.")
-    reduction: Int = Field(gt=0, description="K/V spatial reduction ratio k (1 = none).")
-    expansion: Float = Field(gt=0, description="IRFFN expansion ratio E; hidden = floor(C * E).")
+    channels: Int = Field(gt=0, le=MAX_CHANNELS, description="Channels C_i of the stage.")
+    depth: Int = Field(gt=0, le=MAX_DEPTH, description="Number of CMT blocks.")
+    heads: Int = Field(gt=0, le=MAX_HEADS, description="Attention heads; must divide channels.")
+    reduction: Int = Field(gt=0, le=MAX_RESOLUTION, description="K/V spatial reduction ratio k (1 = none).")
+    expansion: Float = Field(gt=0, le=MAX_EXPANSION, description="IRFFN expansion ratio E; hidden = floor(C * E).")
 
     @property
     def hidden(self) -> int:
@@ -73,7 +88,7 @@ class StageSpec(_Strict):
 
 
 class HeadSpec(_Strict):
-    fc_channels: Int = Field(1280, gt=0, description="Channels of the 1x1 conv before pooling.")
+    fc_channels: Int = Field(1280, gt=0, le=MAX_CHANNELS, description="Channels of the 1x1 conv before pooling.")
     dropout: Float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
 
 
@@ -179,11 +194,11 @@ class CMTSpec(_Strict):
 
     name: str = Field(min_length=1)
     description: str = ""
-    resolution: Int = Field(gt=0, description="Square input side the spec is built for.")
-    in_channels: Int = Field(3, gt=0)
-    num_classes: Int = Field(1000, ge=0, description="0 builds a model without classifier.")
+    resolution: Int = Field(gt=0, le=MAX_RESOLUTION, description="Square input side the spec is built for.")
+    in_channels: Int = Field(3, gt=0, le=MAX_IN_CHANNELS)
+    num_classes: Int = Field(1000, ge=0, le=MAX_CLASSES, description="0 builds a model without classifier.")
     stem: StemSpec
-    stages: list[StageSpec] = Field(min_length=1)
+    stages: list[StageSpec] = Field(min_length=1, max_length=MAX_STAGES)
     head: HeadSpec = HeadSpec()
     drop_path: Float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
     qkv_bias: Bool = True
@@ -258,7 +273,33 @@ def design_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, s
             problems.append(
                 (f"stages.{i}.expansion", f"floor({stage.channels} * {stage.expansion}) is 0 hidden channels")
             )
+    if not problems:
+        problems += _size_problems(spec, height, width)
     return problems
+
+
+def _size_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, str]]:
+    """Refuse a network no real machine could hold, with its estimated size (O(stages), rough on purpose)."""
+    params = 0.0
+    worst = (0.0, "stages")
+    c_in = spec.stem.channels
+    for i, (stage, (h, w)) in enumerate(zip(spec.stages, spec.stage_sizes(height, width), strict=True)):
+        c, e = stage.channels, stage.hidden
+        tokens, kv = h * w, (h // stage.reduction) * (w // stage.reduction)
+        params += 4 * c_in * c + stage.depth * (4 * c * c + 2 * c * e + 9 * (c + e))
+        bias = stage.heads * tokens * kv
+        params += bias * (stage.depth if spec.block.position_bias == PositionBias.block else 1)
+        if bias > worst[0]:
+            worst = (float(bias), f"stages.{i}")
+        c_in = c
+    params += c_in * spec.head.fc_channels + spec.head.fc_channels * spec.num_classes
+    if params > MAX_PARAMS_ESTIMATE:
+        return [("stages", f"the network would have about {params:.2g} parameters ({4 * params / 1e9:,.0f} GB of "
+                           f"float32 weights), beyond any real machine; lower the resolution, widths or depths")]
+    if worst[0] > MAX_ATTENTION_ESTIMATE:
+        return [(worst[1], f"its attention would hold about {worst[0]:.2g} scores per image ({4 * worst[0] / 1e9:,.0f}"
+                           f" GB), beyond any real machine; lower the resolution or raise the reduction ratio")]
+    return []
 
 
 def _nearest_multiples(value: int, stride: int) -> str:

@@ -24,8 +24,8 @@ def validate_spec(data: dict, origin: str) -> CMTSpec:
     if len(problems) == 1:
         field, rule = problems[0]
         raise SpecError(rule, source=origin, field=field or None)
-    lines = "\n".join(f"  {f or '(top)'}: {r}" for f, r in problems)
-    raise SpecError(f"{len(problems)} problems:\n{lines}", source=origin)
+    listed = "; ".join(f"{f or '(top)'}: {r}" for f, r in problems)  # one line, like every error
+    raise SpecError(f"{len(problems)} problems: {listed}", source=origin)
 
 
 def _loc(err: Mapping[str, Any]) -> tuple[str, ...]:
