@@ -125,10 +125,15 @@ def _run(argv: list[str] | None) -> int:
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:
     """Usage-error and abort classes of the click that typer runs on (its own copy in recent typer)."""
-    import click
+    usage: list[type] = []
+    abort: list[type] = []
+    try:
+        import click
 
-    usage: list[type] = [click.ClickException]
-    abort: list[type] = [click.exceptions.Abort]
+        usage.append(click.ClickException)
+        abort.append(click.exceptions.Abort)
+    except ImportError:  # recent typer carries its own click
+        pass
     try:
         from typer import _click as vendored
         from typer import exceptions as typer_exceptions

@@ -80,6 +80,9 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("sample-depth-range", ["sample", "--n", "2", "--depth-range", "1..1e6", "-o", "s.jsonl"], 2, "lies within"),
     ("sample-expansion-nan", ["sample", "--n", "2", "--expansion-range", "nan..2", "-o", "s.jsonl"], 2,
      "0 < min <= max"),
+    ("sample-exhausted-space", ["sample", "--n", "1000", "--from", "tiny.yaml", "--width-range", "1..1",
+                                "--expansion-range", "2..2", "-o", "s.jsonl"], 1, "of 1000 distinct specs"),
+    # a space of a few dozen specs: used to draw a million times before it gave up
     ("sample-resolution-range", ["sample", "--n", "2", "--resolution", "64..1e15", "-o", "s.jsonl"], 2,
      "within 1..8192"),
     ("profile-iters-huge", ["profile", "tiny.yaml", "--device", "cpu", "--iters", BIG], 2, "from 1 to"),

@@ -40,7 +40,8 @@ from cmt_gen.design.search import nearest_bundled
 from cmt_gen.spec.quantity import format_in_unit
 from cmt_gen.spec.schema import CMTSpec
 
-MAX_SAMPLES = 100_000
+MAX_SAMPLES = 10_000  # about 30 s of validated specs; a larger study is several seeds
+STALL_TRIES = 20_000  # draws in a row without a new sample: the space (or the budget within it) is exhausted
 
 
 def uniform(rng: random.Random, low: float, high: float, quantum: float | None = None) -> float:
@@ -118,8 +119,10 @@ def sample_specs(
 
     The base defaults to the bundled spec nearest the budget (CMT-S without one).
 
-    Stops after `max_tries` draws (default 1000 per sample, at least 20,000);
-    the result then holds fewer samples and `complete` is False.
+    Stops after `max_tries` draws (default 1000 per sample, at least 20,000), or
+    after STALL_TRIES draws in a row that add nothing (a small space holds fewer
+    distinct specs than asked for); the result then holds fewer samples and
+    `complete` is False.
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
         raise DesignError(f"the number of samples is a whole number from 1 to {MAX_SAMPLES}, got {n!r}", field="n")
@@ -147,8 +150,8 @@ def sample_specs(
     limit = max_tries if max_tries is not None else max(20_000, 1000 * n)
     seen: set[Shape] = set()
     samples: list[Sample] = []
-    tries = 0
-    while len(samples) < n and tries < limit:
+    tries = last_new = 0
+    while len(samples) < n and tries < limit and tries - last_new < STALL_TRIES:
         tries += 1
         width = log_uniform(rng, w_lo, w_hi)
         stem, channels = scaled_widths(spec, width, divisor)
@@ -163,6 +166,7 @@ def sample_specs(
         if not all(c.meets(p if c.quantity == "params" else m) for c in constraints):
             continue
         seen.add(shape)
+        last_new = tries
         samples.append(_realise(spec, label, shape, len(samples), seed, width, expansion, budget_record(*constraints)))
     return SampleResult(samples, n, tries, label, constraints)
 

@@ -1,0 +1,119 @@
+"""Random careless input to the CLI's entry points: never a traceback, a hang or a stray file.
+
+Each example runs the real entry point in-process within a time bound
+(hypothesis's deadline, and an alarm in case of a true hang). Whatever the input,
+the command exits 0 (it made sense), 1 (over budget / nothing found) or 2 with
+exactly one line on stderr; never 70 (an internal error) and never a traceback.
+Only the output path the example names may appear, and only on success.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from hostile_support import make_arena, snapshot, time_limit
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+FUZZ = settings(deadline=timedelta(seconds=15), max_examples=60, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+FIELDS = ["name", "resolution", "in_channels", "num_classes", "stem.channels", "stages.0.depth", "stages.1.channels",
+          "stages.2.heads", "stages.3.reduction", "stages.0.expansion", "head.fc_channels", "head.dropout",
+          "drop_path", "block.attention", "block.reduction_kind", "budget.params", "reference.params", "stages"]
+
+numbers = st.one_of(
+    st.integers(min_value=-(10 ** 30), max_value=10 ** 30).map(str),
+    st.integers(min_value=0, max_value=1024).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["inf", "-inf", "nan", "1e300", "1e-300", "9" * 400, "0x10", "1_000", "", " ", "..", "1..",
+                     "..2", "2..1", "1..1e12", "nan..2", "1e3x", "x", "[1]", "-0", "0.0", "1%", "200%", "3M", "4G",
+                     "1.5T", "2M..1M"]),
+)
+yaml_values = st.one_of(
+    numbers,
+    st.text(max_size=40),
+    st.sampled_from([".inf", ".nan", "~", "null", "true", "[1, 2]", "{a: 1}", "*x", "&a [*a]", "!!python/none",
+                     "'unclosed", "[" * 50, "- a\n- b", "\t", "\x00", "\x1b[31m", "[bold]x[/]"]),
+)
+override_keys = st.one_of(st.sampled_from(FIELDS), st.text(min_size=0, max_size=30),
+                          st.lists(st.sampled_from(["stages", "0", "-1", "99", "depth", "a", ""]), min_size=1,
+                                   max_size=20).map(".".join))
+
+
+@pytest.fixture
+def arena(tmp_path, monkeypatch):
+    root = make_arena(tmp_path / "arena")
+    monkeypatch.chdir(root)
+    return root
+
+
+def _check(cli, arena, argv: list[str], output: str | None = None) -> None:
+    before = snapshot(arena)
+    with time_limit(60):
+        result = cli(*argv)
+    assert "Traceback" not in result.err + result.out, (argv, result.err)
+    assert result.code in (0, 1, 2), (argv, result.code, result.err)
+    if result.code == 2:
+        assert len(result.err.strip("\n").splitlines()) == 1, (argv, result.err)
+    after = snapshot(arena)
+    created = set(after) - set(before)
+    if output is not None and result.code == 0:
+        created.discard(output)
+        after.pop(output, None)
+        (arena / output).unlink(missing_ok=True)
+    assert created == set(), (argv, created)
+    assert {k: v for k, v in after.items() if k in before} == before, argv
+
+
+@FUZZ
+@given(command=st.sampled_from(["validate", "check"]), source=st.sampled_from(["cmt_ti", "tiny.yaml", "child.yaml"]),
+       key=override_keys, value=yaml_values)
+def test_fuzz_set_overrides(cli, arena, command, source, key, value):
+    _check(cli, arena, [command, source, "--set", f"{key}={value}"])
+
+
+@FUZZ
+@given(source=st.text(max_size=60))
+def test_fuzz_spec_source(cli, arena, source):
+    _check(cli, arena, ["validate", source])
+
+
+def option(flag: str, *good: str):
+    """A flag left out or given a sensible value (3 in 4), or a hostile one: the deep paths get exercised too."""
+    def pick(kind: int, sensible: str, hostile: str) -> list[str]:
+        return [] if kind == 0 else [flag, sensible] if kind < 3 else [flag, hostile]
+
+    return st.builds(pick, st.integers(0, 3), st.sampled_from(good), numbers)
+
+
+def argv_of(parts: list[list[str]]) -> list[str]:
+    return [item for part in parts for item in part]
+
+
+@FUZZ
+@given(name=st.one_of(st.text(max_size=20), st.just("ok")),
+       parts=st.tuples(option("--width", "1.25", "0.75"), option("--depth", "1.5", "1"),
+                       option("--resolution", "128", "1.5x", "96"), option("--divisor", "8", "4")))
+def test_fuzz_new(cli, arena, name, parts):
+    _check(cli, arena, ["new", name, "--from", "tiny.yaml", *argv_of(list(parts)), "-o", "out.yaml"],
+           output="out.yaml")
+
+
+@settings(FUZZ, max_examples=40)
+@given(parts=st.tuples(option("--params", "60K..90K", "70K", "..1M"), option("--macs", "2M..5M", "3.3M", "1M.."),
+                       option("--resolution", "64", "32..128"), option("--top", "1", "3"),
+                       option("--tolerance", "5%", "1%,2%"), option("--divisor", "8", "2")))
+def test_fuzz_design(cli, arena, parts):
+    _check(cli, arena, ["design", "--from", "tiny.yaml", *argv_of(list(parts))])
+
+
+@settings(FUZZ, max_examples=40)
+@given(parts=st.tuples(option("--n", "1", "2", "4"), option("--width-range", "0.5..2", "1..1.5"),
+                       option("--depth-range", "0.5..2"),
+                       option("--expansion-range", "2..4"), option("--resolution", "64", "32..128"),
+                       option("--seed", "0", "7"), option("--macs", "1M..10M"), option("--params", "..1M")))
+def test_fuzz_sample(cli, arena, parts):
+    _check(cli, arena, ["sample", "--from", "tiny.yaml", *argv_of(list(parts)), "-o", "out.jsonl"],
+           output="out.jsonl")
