@@ -24,6 +24,9 @@ class GuardedStream:
         if self.failure is None:
             try:
                 return self._stream.write(text)
+            except UnicodeEncodeError:  # PYTHONIOENCODING=ascii and a table holding Δ: escape, as stderr does
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self.write(text.encode(encoding, "backslashreplace").decode(encoding))
             except OSError as exc:
                 self.failure = exc
         return len(text)

@@ -12,6 +12,7 @@ test_hostile_env.py; random inputs in test_hostile_fuzz.py.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from conftest import tiny_spec_dict
@@ -308,3 +309,12 @@ def test_analytic_cost_does_not_loop_over_blocks():
     with torch.device("meta"):
         model = build_model(spec(48))
     assert analytic_cost(spec(48)).params == sum(p.numel() for p in model.parameters())
+
+
+def test_a_link_to_a_regular_file_is_followed_and_kept(cli, arena):
+    """Writing through a link replaces the file it points to; the link itself stays a link."""
+    (arena / "real.json").write_text("old\n")
+    (arena / "link.json").symlink_to("real.json")
+    assert cli("schema", "-o", "link.json").code == 0
+    assert (arena / "link.json").is_symlink() and os.readlink(arena / "link.json") == "real.json"
+    assert json.loads((arena / "real.json").read_text())["title"] == "CMTSpec"

@@ -53,6 +53,14 @@ def test_full_device_on_stdout_is_one_line():
     assert len(lines) == 1 and "stdout" in lines[0] and "No space left" in lines[0], proc.stderr
 
 
+def test_ascii_only_stdout_escapes_what_it_cannot_encode():
+    """PYTHONIOENCODING=ascii and a table holding Δ: escaped like stderr does, not a UnicodeEncodeError."""
+    proc = subprocess.run([*ENTRY, "check", "cmt_s"], capture_output=True, text=True, cwd=REPO, timeout=60,
+                          env={**subprocess_env(), "PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert "\\u0394 params" in proc.stdout
+
+
 # ---------------------------------------------------------------- a full disk
 
 @contextlib.contextmanager
