@@ -137,6 +137,10 @@ def design(
     from cmt_gen.design.search import design_specs
     from cmt_gen.design.spec_writer import base_files, check_spec_path, write_spec
 
+    if name is not None and not name.strip():
+        from cmt_gen.design.scaling import DesignError
+
+        raise DesignError("a spec needs a name that is not blank", field="--name")
     if output is not None:
         check_spec_path(output, inputs=base_files(base))
     result = design_specs(base, params=params, macs=macs, resolution=resolution, top=top, tolerance=tolerance,

@@ -74,6 +74,8 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("new-resolution-huge", ["new", "n", "--from", "cmt_s", "--resolution", BIG, "-o", "n.yaml"], 2,
      "at most 8192"),
     ("new-empty-name", ["new", "", "--from", "cmt_s", "-o", "n.yaml"], 2, "not blank"),
+    ("design-blank-name", ["design", "--macs", "3M..4M", "--from", "tiny.yaml", "--name", " ", "-o", "d.yaml"], 2,
+     "not blank"),
     ("new-blank-name", ["new", "  ", "--from", "cmt_s", "-o", "n.yaml"], 2, "not blank"),
     ("sample-n-huge", ["sample", "--n", BIG, "-o", "s.jsonl"], 2, "from 1 to"),
     ("sample-n-zero", ["sample", "--n", "0", "-o", "s.jsonl"], 2, "from 1 to"),
