@@ -51,11 +51,11 @@ def step_progress(what: str) -> Iterator[Callable[[str], None]]:
     started = time.perf_counter()
     if err_console.is_terminal:
         with err_console.status(what) as status:
-            yield lambda text: status.update(f"{what}: {text}")
+            yield lambda text: status.update(f"{literal(what)}: {literal(text)}")
         return
 
     def line(text: str) -> None:
-        print(f"{time.perf_counter() - started:6.1f}s {what}: {text}", file=sys.stderr, flush=True)
+        print(f"{time.perf_counter() - started:6.1f}s {one_line(what)}: {one_line(text)}", file=sys.stderr, flush=True)
 
     yield line
 

@@ -12,7 +12,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, err_console, family_order, fmt_bytes, literal
+from cmt_gen.cli.common import (
+    SET_HELP,
+    ReadableCommand,
+    console,
+    err_console,
+    family_order,
+    fmt_bytes,
+    literal,
+    one_line,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -130,7 +139,7 @@ def _run_with_progress(targets, settings):
 
         def phase(index: int, text: str) -> None:
             label = targets[index].name if 0 <= index < len(targets) else "device"
-            bar.update(task, description=f"{label}: {text}")
+            bar.update(task, description=f"{literal(label)}: {literal(text)}")
 
         return run_profiles(targets, settings, progress=phase, on_result=lambda _r: bar.advance(task))
 
@@ -143,8 +152,9 @@ def _plain_progress(targets):
     started = time.perf_counter()
 
     def phase(index: int, text: str) -> None:
-        where = f"[{index + 1}/{len(targets)}] {targets[index].name}" if 0 <= index < len(targets) else "[setup]"
-        print(f"{time.perf_counter() - started:6.1f}s {where}: {text}", file=sys.stderr, flush=True)
+        known = 0 <= index < len(targets)
+        where = f"[{index + 1}/{len(targets)}] {one_line(targets[index].name)}" if known else "[setup]"
+        print(f"{time.perf_counter() - started:6.1f}s {where}: {one_line(text)}", file=sys.stderr, flush=True)
 
     return phase
 
