@@ -249,7 +249,7 @@ def test_profile_with_a_bracket_name_writes_its_results(cli, arena):
     result = cli("profile", "bracket_name.yaml", "--device", "cpu", "--threads", "1", "--warmup", "0", "--iters",
                  "1", "--repeats", "1", "--min-time", "0", "--batch-size", "1", "--json", "out.json")
     assert result.code == 0, result.err
-    assert BRACKET_NAME in result.out
+    assert "x[bold]y[/]z" in result.out  # the wide table may cut the name short, never read it as markup
     records = json.loads((arena / "out.json").read_text())["results"]
     assert [r["name"] for r in records] == [BRACKET_NAME]
 
