@@ -117,3 +117,23 @@ def test_fuzz_design(cli, arena, parts):
 def test_fuzz_sample(cli, arena, parts):
     _check(cli, arena, ["sample", "--from", "tiny.yaml", *argv_of(list(parts)), "-o", "out.jsonl"],
            output="out.jsonl")
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(
+        st.sampled_from(["name", "spec", "images_per_s", "throughput", "results", "error", "settings", "median"]),
+        inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(FUZZ, max_examples=40)
+@given(payload=json_values)
+def test_fuzz_profile_results_read_by_compare(cli, arena, payload):
+    """Whatever JSON a --profile file holds, compare shows the specs or refuses the file in one line."""
+    import json
+
+    (arena / "random.json").write_text(json.dumps(payload))
+    _check(cli, arena, ["compare", "tiny.yaml", "--profile", "random.json"])
+    (arena / "random.json").unlink()
