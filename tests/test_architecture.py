@@ -21,7 +21,7 @@ LAYERS = {
     "spec": 1,
     "cost": 2,
     "model": 3,
-    "check": 4,
+    "check": 4, "export": 4,
     "timm": 4,  # cmt_gen/timm.py: registers specs in timm's registry (beside check, above model)
     "profile": 5,
     "design": 6,

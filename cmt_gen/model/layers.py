@@ -32,6 +32,13 @@ def recording() -> bool:
     return any(getattr(owner, name, lambda: False)() for owner, name in probes)  # older torch lacks some
 
 
+def _deploy():
+    """The deploy-form rewrites (imported on use: `deploy` builds on this module)."""
+    from cmt_gen.model import deploy
+
+    return deploy
+
+
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, N, C) tokens -> (B, C, H, W) image view."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
@@ -111,6 +118,9 @@ class Stem(nn.Sequential):
 
     complexity = staticmethod(complexity.stem_cost)
 
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_stem(self)
+
     def __init__(self, in_channels: int, channels: int):
         super().__init__(
             ConvGeluBN(in_channels, channels, 3, 2),
@@ -123,6 +133,9 @@ class PatchAggregation(nn.Module):
     """2x2 conv stride 2, flatten to tokens, LayerNorm: halves the map between stages."""
 
     complexity = staticmethod(complexity.patch_aggregation_cost)
+
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_patch_aggregation(self)
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -139,6 +152,9 @@ class LocalPerceptionUnit(nn.Module):
 
     complexity = staticmethod(complexity.local_perception_unit_cost)
 
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_lpu(self)
+
     def __init__(self, dim: int):
         super().__init__()
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim, bias=True)
@@ -154,6 +170,9 @@ class KVReduction(nn.Module):
     """
 
     complexity = staticmethod(complexity.kv_reduction_cost)
+
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_kv_reduction(self)
 
     def __init__(self, dim: int, ratio: int, kind: str):
         super().__init__()
@@ -228,6 +247,9 @@ class LightweightMHSA(nn.Module):
 
     complexity = staticmethod(complexity.lmhsa_cost)
 
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_attention(self, **options)
+
     def __init__(self, dim: int, heads: int, reduction: int, qkv_bias: bool = True,
                  reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
                  grid: tuple[int, int] | None = None, fused: bool = True):
@@ -277,6 +299,9 @@ class IRFFN(nn.Module):
 
     complexity = staticmethod(complexity.irffn_cost)
 
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_irffn(self)
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.expand = ConvGeluBN(dim, hidden, 1, 1)
@@ -299,6 +324,9 @@ class CMTBlock(nn.Module):
     """LPU, then x + LMHSA(LN(x)), then x + IRFFN(LN(x)); drop path on both branches."""
 
     complexity = staticmethod(complexity.cmt_block_cost)
+
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_block(self, **options)
 
     def __init__(self, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool = True,
                  lpu: bool = True, reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
@@ -325,6 +353,9 @@ class CMTStage(nn.Module):
     """Patch aggregation, the stage's shared position bias, then `depth` CMT blocks."""
 
     complexity = staticmethod(complexity.cmt_stage_cost)
+
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_stage(self, **options)
 
     def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int,
                  qkv_bias: bool = True, lpu: bool = True, reduction_kind: str = "dwconv_bn",
@@ -382,6 +413,9 @@ class ClassifierHead(nn.Module):
     """
 
     complexity = staticmethod(complexity.classifier_head_cost)
+
+    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
+        _deploy().reparameterize_head(self)
 
     def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0,
                  global_pool: str = "avg"):

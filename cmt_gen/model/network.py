@@ -183,6 +183,13 @@ class CMT(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
+    def reparameterize(self, attention_kernel: str | None = None) -> CMT:
+        """Rewrite in place into the deploy form: same outputs, faster (eval only; see `model.deploy`)."""
+        from cmt_gen.model.deploy import reparameterize_network
+
+        reparameterize_network(self, attention_kernel)
+        return self
+
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("position_bias")}
 

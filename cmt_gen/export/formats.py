@@ -1,0 +1,84 @@
+"""Writers and loaders per export format; every writer goes through `files.atomic_output`.
+
+All formats keep batch, height and width dynamic (height and width as multiples
+of the network's total stride), so one file serves every input size.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cmt_gen.errors import CmtGenError
+from cmt_gen.files import atomic_output
+
+FORMATS = ("onnx", "torchscript", "program")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "program": ".pt2"}
+MAX_SIDE_BLOCKS = 128  # dynamic height / width up to 128 x the total stride (4096 px at stride 32)
+
+
+def dynamic_shapes(stride: int) -> dict:
+    from torch.export import Dim
+
+    return {"x": {0: Dim("batch", min=1, max=4096),
+                  2: stride * Dim("height_blocks", min=1, max=MAX_SIDE_BLOCKS),
+                  3: stride * Dim("width_blocks", min=1, max=MAX_SIDE_BLOCKS)}}
+
+
+def _write_program(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
+    program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes(stride))
+    torch.export.save(program, path)
+
+
+def _write_torchscript(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still widely loaded
+        torch.jit.save(torch.jit.script(graph), str(path))
+
+
+def _write_onnx(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise CmtGenError("ONNX export needs the onnx extra: pip install 'cmt-gen[onnx]'",
+                          field="--format") from None
+    torch.onnx.export(graph, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes(stride),
+                      input_names=["images"], output_names=["logits"], verbose=False)
+
+
+WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, int, Path], None]] = {
+    "onnx": _write_onnx, "torchscript": _write_torchscript, "program": _write_program,
+}
+
+
+def write_export(fmt: str, graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
+    """Write `graph` in `fmt` to `path` atomically (a finished file or none)."""
+    with atomic_output(path) as tmp:
+        WRITERS[fmt](graph, example, stride, tmp)
+
+
+def load_runner(fmt: str, path: Path, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Reload a written file into a function images -> logits (onnxruntime for ONNX)."""
+    if fmt == "onnx":
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise CmtGenError("checking an ONNX export needs onnxruntime: pip install 'cmt-gen[onnx]'",
+                              field="--format") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu").eval()
+    else:
+        module = torch.export.load(str(path)).module()
+    return lambda x: module(x)

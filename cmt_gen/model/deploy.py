@@ -1,0 +1,458 @@
+"""The deploy form: each layer rewritten in place into an equivalent, faster inference layer.
+
+`reparameterize_*` functions fold what is exactly foldable (see `folding`),
+delete the training-only submodules and switch the module's class to a
+`Deploy*` subclass whose forward runs the folded weights. Subclasses keep
+`isinstance` true and keep the module where it was, so `timm`'s
+`reparameterize_model` (which walks the children calling `reparameterize()`)
+and our `CMT.reparameterize()` give the same network.
+
+Layout: from the stem on, maps are channels-last, so the `(B, N, C)` tokens and
+the `(B, C, H, W)` map of a stage are two views of one buffer: no transposes
+are copied. 1x1 convolutions run as linears on the tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmt_gen.model import layers as L
+from cmt_gen.model import onednn
+from cmt_gen.model.attention_kernels import attend, default_kernel
+from cmt_gen.model.folding import (
+    add_identity_to_depthwise,
+    conv1x1_as_linear,
+    fold_affine_after,
+    fold_affine_before,
+    norm_affine,
+    parameter,
+)
+
+
+def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, C) contiguous tokens -> (B, C, H, W) channels-last view of the same memory."""
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, N, C) tokens; a view when the map is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2] * x.shape[3], x.shape[1])
+
+
+def _require_eval(module: nn.Module) -> None:
+    if module.training:
+        raise RuntimeError("reparameterize() is for inference: call model.eval() first")
+
+
+def _set_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    conv.weight = parameter(weight)
+    conv.bias = parameter(bias)
+
+
+class TokenLinear(nn.Module):
+    """act(x W^T + b) on (B, N, C) tokens: a 1x1 conv (or a linear) with its activation fused
+    (oneDNN on CPU, see `model.onednn`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, act: str = "none"):
+        super().__init__()
+        self.weight = parameter(weight)
+        self.bias = parameter(bias)
+        self.act = act
+        self.use_onednn = True  # the benchmark's ablation turns it off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn.linear(x, self.weight, self.bias, self.act, self.use_onednn)
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.act}"
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor, act: str = "none") -> TokenLinear:
+    return TokenLinear(weight, bias, act)
+
+
+class FusedConv(nn.Module):
+    """A (folded) `nn.Conv2d` with its activation fused (oneDNN on CPU, see `model.onednn`)."""
+
+    def __init__(self, conv: nn.Conv2d, act: str = "none"):
+        super().__init__()
+        self.weight = parameter(conv.weight)
+        self.bias = parameter(conv.bias)
+        self.padding: int = conv.padding[0]
+        self.stride: int = conv.stride[0]
+        self.groups: int = conv.groups
+        self.act = act
+        self.use_onednn = True  # the benchmark's ablation turns it off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn.conv2d(x, self.weight, self.bias, self.padding, self.stride, self.groups, self.act,
+                             self.use_onednn)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, act={self.act}")
+
+
+
+
+# ---------------------------------------------------------------- stem and patch aggregation
+class DeployStem(L.Stem):
+    """The stem, fed a channels-last copy of the image so every later map is channels-last."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        for unit in self:
+            x = unit(x)
+        return x
+
+
+class DeployConvGeluBN(L.ConvGeluBN):
+    """Conv with GELU fused, then the BN (or nothing, once that BN is folded forward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+def reparameterize_stem(stem: L.Stem) -> None:
+    """Nothing inside folds (each BN follows a GELU and precedes a padded 3x3); the last BN is
+    folded into stage 0's patch conv by `fold_into_patch_conv`."""
+    _require_eval(stem)
+    for unit in stem:
+        unit.conv = FusedConv(unit.conv, "gelu")
+        del unit.act
+        unit.__class__ = DeployConvGeluBN
+    stem.__class__ = DeployStem
+
+
+class DeployPatchAggregation(L.PatchAggregation):
+    """2x2 stride-2 conv on a channels-last map, its tokens taken as a view, LayerNorm."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.conv(x.contiguous(memory_format=torch.channels_last))
+        h, w = x.shape[-2], x.shape[-1]
+        return self.norm(map_as_tokens(x)), h, w
+
+
+def fold_into_patch_conv(patch: L.PatchAggregation, norm: nn.Module) -> None:
+    """An affine norm right before the unpadded 2x2 stride-2 conv folds into it exactly."""
+    scale, shift = norm_affine(norm)
+    _set_conv(patch.conv, *fold_affine_before(patch.conv.weight, patch.conv.bias, scale, shift))
+
+
+def reparameterize_patch_aggregation(patch: L.PatchAggregation) -> None:
+    _require_eval(patch)
+    patch.conv = FusedConv(patch.conv)
+    patch.__class__ = DeployPatchAggregation
+
+
+# ---------------------------------------------------------------- LPU and K/V reduction
+class DeployLocalPerceptionUnit(L.LocalPerceptionUnit):
+    """`x + dw3x3(x)` as one depthwise conv with the identity on its centre tap."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def reparameterize_lpu(lpu: L.LocalPerceptionUnit) -> None:
+    _require_eval(lpu)
+    lpu.conv.weight = parameter(add_identity_to_depthwise(lpu.conv.weight))
+    lpu.conv = FusedConv(lpu.conv)
+    lpu.__class__ = DeployLocalPerceptionUnit
+
+
+class DeployKVReduction(L.KVReduction):
+    """Reduced K/V source as tokens: the strided conv (its BN folded in) or the pool, then conv_ln's
+    LayerNorm (affine-free once the attention folded its affine into K/V) or nothing."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(map_as_tokens(self.shrink(x)))
+
+
+def reparameterize_kv_reduction(reduce: L.KVReduction) -> None:
+    _require_eval(reduce)
+    if reduce.kind == "dwconv_bn":
+        scale, shift = norm_affine(reduce.norm)
+        _set_conv(reduce.conv, *fold_affine_after(reduce.conv.weight, reduce.conv.bias, scale, shift))
+        reduce.norm = nn.Identity()
+    if reduce.kind == "avgpool":
+        reduce.shrink, reduce.norm = reduce.pool, nn.Identity()
+        del reduce.pool
+    else:
+        reduce.shrink = FusedConv(reduce.conv)
+        del reduce.conv
+    reduce.__class__ = DeployKVReduction
+
+
+def affine_free(norm: nn.LayerNorm) -> nn.LayerNorm:
+    """The same normalisation without weight and bias (they were folded into the next layer)."""
+    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
+
+
+def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: int) -> torch.Tensor:
+    """`layers.resample_position_bias` without its shortcut for the native size: bicubic at the
+    native size is the identity, and a traced graph must not depend on the size it was traced at."""
+    heads, n_kv = bias.shape[0], bias.shape[2]
+    x = bias.reshape(heads, grid[0], grid[1], n_kv).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+    x = x.reshape(heads, grid[0] // r, grid[1] // r, h * w).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(h // r, w // r), mode="bicubic", align_corners=False)
+    return x.reshape(heads, h * w, (h // r) * (w // r))
+
+
+class BiasAtSize:
+    """Mixin for the owners of a position bias: the bias at an input's grid and dtype, resampled
+    once per size and cached, not per forward (in eager mode; traced graphs resample)."""
+
+    def _bias_at(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        return self._cached_bias(bias, h, w, dtype)
+
+    @torch.jit.unused
+    def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        if onednn.graph_capture():
+            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        if (h, w) == tuple(self.grid) and bias.dtype == dtype:
+            return bias
+        key = (h, w, dtype, bias.device)
+        if key not in self._bias_cache:
+            with torch.no_grad():
+                self._bias_cache[key] = resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        return self._bias_cache[key]
+
+
+# ---------------------------------------------------------------- attention
+class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
+    """LMHSA with the scale folded into q, one K/V matmul, a per-size cached position bias."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor, h: int, w: int,
+                position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+        source = self.reduce(tokens_as_map(x, h, w)) if self.reduce is not None else x
+        m = source.shape[1]
+        kv = self.kv(source).reshape(b, m, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        bias = position_bias
+        if self.position_bias is not None:
+            bias = self._bias_at(self.position_bias, h, w, q.dtype)
+        out = attend(q, kv[0], kv[1], bias, self.kernel)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+def _fold_linear_input(layer: TokenLinear, scale: torch.Tensor, shift: torch.Tensor) -> TokenLinear:
+    return _linear(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
+
+
+def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None) -> None:
+    """Scale into q, K and V into one linear, the reduction's norm folded (conv_ln: into K/V)."""
+    _require_eval(attn)
+    dim = attn.q.weight.shape[1]
+    ones = torch.ones(dim, dtype=torch.float64, device=attn.q.weight.device)
+    attn.q = _linear(*fold_affine_after(attn.q.weight, attn.q.bias, ones * attn.scale, ones * 0))
+    zeros = torch.zeros(dim, dtype=attn.k.weight.dtype, device=attn.k.weight.device)
+    attn.proj = _linear(attn.proj.weight, attn.proj.bias)
+    kv = _linear(torch.cat([attn.k.weight, attn.v.weight]),
+                 torch.cat([attn.k.bias if attn.k.bias is not None else zeros,
+                            attn.v.bias if attn.v.bias is not None else zeros]))
+    if attn.reduce is not None:
+        if not isinstance(attn.reduce, DeployKVReduction):
+            reparameterize_kv_reduction(attn.reduce)
+        if attn.reduce.kind == "conv_ln":
+            norm = attn.reduce.norm
+            kv = _fold_linear_input(kv, *norm_affine(norm))
+            attn.reduce.norm = affine_free(norm)
+    attn.kv = kv
+    del attn.k, attn.v
+    attn.kernel = kernel or default_kernel(attn.q.weight.device.type)
+    attn._bias_cache = {}
+    attn.__class__ = DeployLightweightMHSA
+
+
+def fold_input_affine_into_attention(attn: DeployLightweightMHSA, scale: torch.Tensor,
+                                     shift: torch.Tensor) -> None:
+    """An affine on the attention's input (norm1's) folds into q and into the first layer of the
+    K/V path that reads it exactly: the unpadded strided reduction conv, else (avgpool
+    commutes with it, or no reduction) the K/V linear."""
+    attn.q = _fold_linear_input(attn.q, scale, shift)
+    reduce = attn.reduce
+    if reduce is None or reduce.kind == "avgpool":
+        attn.kv = _fold_linear_input(attn.kv, scale, shift)
+    else:
+        conv = reduce.shrink
+        _set_conv(conv, *fold_affine_before(conv.weight, conv.bias, scale, shift, groups=conv.groups))
+
+
+# ---------------------------------------------------------------- IRFFN, block, stage, head
+class DeployIRFFN(L.IRFFN):
+    """On tokens: linear up, GELU, BN; dw3x3 (identity on its centre) on the map view, GELU; linear down
+    with both trailing BNs folded in."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, N, C) tokens -> (B, N, C)."""
+        y = self.expand_norm(self.expand_fc(x))
+        y = self.local_conv(tokens_as_map(y, h, w))
+        return self.project_fc(map_as_tokens(y))
+
+
+class ChannelAffine(nn.Module):
+    """A BatchNorm that cannot fold (GELU before it, a padded conv after it), as one multiply-add."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.scale = parameter(scale.float())
+        self.shift = parameter(shift.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return torch.addcmul(self.shift, x, self.scale)
+        return torch.addcmul(self.shift, x, self.scale, out=x)  # x is a fresh intermediate
+
+
+def reparameterize_irffn(ffn: L.IRFFN) -> None:
+    """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
+    after the dw conv and after the 1x1 down conv into the down linear."""
+    _require_eval(ffn)
+    ffn.expand_fc = _linear(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
+    ffn.expand_norm = ChannelAffine(*norm_affine(ffn.expand.norm))
+    ffn.local.conv.weight = parameter(add_identity_to_depthwise(ffn.local.conv.weight))
+    ffn.local_conv = FusedConv(ffn.local.conv, "gelu")
+    down = ffn.project.conv
+    w, b = fold_affine_before(conv1x1_as_linear(down.weight), down.bias, *norm_affine(ffn.local.norm))
+    w, b = fold_affine_after(w, b, *norm_affine(ffn.project.norm))
+    ffn.project_fc = _linear(w, b)
+    del ffn.expand, ffn.local, ffn.project, ffn.act
+    ffn.__class__ = DeployIRFFN
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """x + branch, written into the branch's fresh buffer when no autograd graph needs it."""
+    if torch.is_grad_enabled() or branch.dtype != x.dtype:  # autocast: keep the stream's dtype
+        return x + branch
+    return branch.add_(x)
+
+
+class DeployCMTBlock(L.CMTBlock):
+    """LPU; x + attn(LN(x)); x + ffn(LN(x)); both LNs affine-free (their affines live in the next layers)."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor, h: int, w: int,
+                position_bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.lpu is not None:
+            x = map_as_tokens(self.lpu(tokens_as_map(x, h, w)))
+        x = _residual(x, self.attn(self.norm1(x), h, w, position_bias))
+        return _residual(x, self.ffn(self.norm2(x), h, w))
+
+
+def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
+    """Deploy the LPU, attention and IRFFN (unless done already), then fold norm1's affine into
+    the attention's input layers and norm2's into the IRFFN's up linear."""
+    _require_eval(block)
+    if block.lpu is not None and not isinstance(block.lpu, DeployLocalPerceptionUnit):
+        reparameterize_lpu(block.lpu)
+    if not isinstance(block.attn, DeployLightweightMHSA):
+        reparameterize_attention(block.attn, kernel)
+    if not isinstance(block.ffn, DeployIRFFN):
+        reparameterize_irffn(block.ffn)
+    fold_input_affine_into_attention(block.attn, *norm_affine(block.norm1))
+    block.ffn.expand_fc = _fold_linear_input(block.ffn.expand_fc, *norm_affine(block.norm2))
+    block.norm1, block.norm2 = affine_free(block.norm1), affine_free(block.norm2)
+    del block.drop_path
+    block.__class__ = DeployCMTBlock
+
+
+class DeployCMTStage(BiasAtSize, L.CMTStage):
+    """Patch aggregation, the stage's bias at this size (cached), the blocks on shared token memory."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, h, w = self.downsample(x)
+        r = self.reduction_ratio
+        if h % r or w % r:
+            raise L.InputShapeError(
+                f"stage map {h}x{w} is not divisible by its K/V reduction ratio {r}; "
+                "choose an input size that keeps every stage divisible"
+            )
+        bias: torch.Tensor | None = None
+        if self.position_bias is not None:
+            bias = self._bias_at(self.position_bias, h, w, tokens.dtype)
+        for block in self.blocks:
+            tokens = block(tokens, h, w, bias)
+        return tokens_as_map(tokens, h, w)
+
+
+def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
+    _require_eval(stage)
+    reparameterize_patch_aggregation(stage.downsample)
+    for block in stage.blocks:
+        if not isinstance(block, DeployCMTBlock):
+            reparameterize_block(block, kernel)
+    stage._bias_cache = {}
+    stage.__class__ = DeployCMTStage
+
+
+class DeployClassifierHead(L.ClassifierHead):
+    """Linear (the 1x1 conv with its BN folded) on channel-last pixels, Swish, mean, dropout, fc."""
+
+    def reparameterize(self) -> None:
+        pass
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.conv_fc(map_as_tokens(x)).mean(dim=1)
+        x = self.dropout(x)
+        return x if pre_logits else self.fc(x)
+
+
+def reparameterize_head(head: L.ClassifierHead) -> None:
+    _require_eval(head)
+    w, b = fold_affine_after(conv1x1_as_linear(head.conv.weight), head.conv.bias, *norm_affine(head.norm))
+    head.conv_fc = _linear(w, b, "swish")
+    del head.conv, head.norm, head.act
+    head.__class__ = DeployClassifierHead
+
+
+DEPLOY_CLASSES = (DeployStem, DeployConvGeluBN, DeployPatchAggregation, DeployLocalPerceptionUnit, DeployKVReduction,
+                  DeployLightweightMHSA, DeployIRFFN, DeployCMTBlock, DeployCMTStage, DeployClassifierHead)
+
+
+def is_deploy_form(model: nn.Module) -> bool:
+    """True once every fusable layer of `model` has been rewritten."""
+    fusable = (L.Stem, L.PatchAggregation, L.LocalPerceptionUnit, L.KVReduction, L.LightweightMHSA,
+               L.IRFFN, L.CMTBlock, L.CMTStage, L.ClassifierHead)
+    return all(isinstance(m, DEPLOY_CLASSES) for m in model.modules() if isinstance(m, fusable))
+
+
+def reparameterize_network(model: nn.Module, attention_kernel: str | None = None) -> None:
+    """Every layer of a `CMT` into its deploy form, plus the one fold that crosses layers: the
+    stem's last BN into stage 0's unpadded patch conv."""
+    _require_eval(model)
+    last_unit = model.stem[-1]
+    if isinstance(last_unit.norm, nn.BatchNorm2d):
+        fold_into_patch_conv(model.stages[0].downsample, last_unit.norm)
+        last_unit.norm = nn.Identity()
+    for child in (model.stem, *model.stages, model.head):
+        if child is not None and not isinstance(child, DEPLOY_CLASSES):
+            child.reparameterize(**({"kernel": attention_kernel} if isinstance(child, L.CMTStage) else {}))
