@@ -63,6 +63,12 @@ def profile(
     allow_slow_precision: bool = typer.Option(False, "--allow-slow-precision",
                                               help="Measure fp16/bf16 even where the CPU only emulates it."),
     force: bool = typer.Option(False, "--force", help="Profile even when the estimated memory exceeds what is free."),
+    form: str = typer.Option("deploy", "--form", help="deploy (reparameterized, as shipped; default) or "
+                                                      "as-built (the training form)."),
+    backend: str = typer.Option(None, "--backend", help="eager (default), compile (torch.compile) or "
+                                                        "onnxruntime (the exported deploy form, CPU)."),
+    fp32_check: bool = typer.Option(True, "--fp32-check/--no-fp32-check",
+                                    help="With a low precision on CPU, also time fp32 and say which is faster."),
 ) -> None:
     """Throughput (median of repeats), batch-1 latency p50/p90, peak memory and % of matmul peak."""
     from cmt_gen.profile.output import check_output_path, write_outputs
@@ -91,7 +97,7 @@ def profile(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
         compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,
         min_time=min_time, repeats=repeats, threads=threads, protocol=protocol,
-        allow_slow_precision=allow_slow_precision,
+        allow_slow_precision=allow_slow_precision, form=form, backend=backend,
     )
     targets = [make_target(name, overrides=overrides) for name in names]
     from cmt_gen.profile.fits import check_profile_fits
@@ -106,7 +112,11 @@ def profile(
 
     run = _run_with_progress(targets, settings)
     written = write_outputs(run, json_file, csv_file)  # first: the measurements outlive any printing trouble
-    print_run(run, err_console if json_to_stdout else console)
+    out_console = err_console if json_to_stdout else console
+    print_run(run, out_console)
+    if settings.precision != "fp32" and settings.device_type == "cpu" and fp32_check and not run.interrupted:
+        _print_precision_check(run, targets, settings, out_console)
+        written = write_outputs(run, json_file, csv_file)  # again, now with the fp32 reference
     if json_to_stdout:
         from cmt_gen.cli.common import emit_json
         from cmt_gen.profile.output import run_payload
@@ -122,6 +132,19 @@ def profile(
         err_console.print(f"[bold red]{len(run.failed)} of {len(run.results)} model(s) failed[/]; "
                           "the others were measured")
         raise typer.Exit(1)
+
+
+def _print_precision_check(run, targets, settings, console) -> None:
+    """Time fp32 under the same settings and say plainly whether the low precision is slower here."""
+    from dataclasses import replace
+
+    from cmt_gen.profile.backends import cpu_low_precision_units, describe_cpu_units, precision_verdicts
+
+    console.print(f"this CPU: {describe_cpu_units(cpu_low_precision_units())}; timing fp32 for comparison")
+    reference = _run_with_progress(targets, replace(settings, precision="fp32", compute_dtype="float32"))
+    run.precision_check = [r.as_dict() for r in reference.results]
+    for line in precision_verdicts(run.results, reference.results, settings.precision):
+        console.print(line)
 
 
 def _run_with_progress(targets, settings):
@@ -172,7 +195,7 @@ def print_run(run, out=None) -> None:
     title = (f"profile on {s.device} ({env.get('device_name')}), {s.precision}"
              f"{' (' + s.compute_dtype + ')' if s.precision == 'amp' else ''}, {s.mode}"
              f"{', protocol ' + s.protocol if s.protocol else ''}{', channels-last' if s.channels_last else ''}"
-             f"{', compiled' if s.compile else ''}")
+             f"{', compiled' if s.compile else ''}, form {s.form} (CMT models), backend {s.backend}")
     table = Table(title=title, title_justify="left")
     for column in ("model", "input", "batch", "img/s", "±", latency_label, "peak mem", "GMACs", "GMAC/s",
                    "% peak", "compile s", THROUGHPUT_LABEL, "note"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from cmt_gen.profile.backends import applies_deploy_form, make_runner, prepare_model
 from cmt_gen.profile.settings import ProfileSettings
 from cmt_gen.profile.targets import ModelTarget
 from cmt_gen.profile.timing import Clock
@@ -29,6 +30,8 @@ class Bench:
         self.amp = settings.precision == "amp"
         self.param_dtype = torch.float32 if self.amp else self.compute_dtype
         memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        self.deployed = applies_deploy_form(model, settings)
+        model = prepare_model(model, target, settings)
         first = next(model.parameters(), None)
         self.restore = (first.device, first.dtype, model.training) if target.resident and first is not None else None
         model = model.to(device=self.device, dtype=self.param_dtype, memory_format=memory_format)
@@ -36,9 +39,11 @@ class Bench:
         model.train(self.train)
         self.model = model
         self.runner = model
-        if settings.compile:
-            kwargs = {} if settings.compile_mode in (None, "default") else {"mode": settings.compile_mode}
-            self.runner = torch.compile(model, **kwargs)
+        self.prepare_seconds: float | None = None  # onnxruntime: export and session, reported apart
+        if settings.compile or settings.backend == "onnxruntime":
+            # batch 2, not 1: an exporter would take a size-1 batch for a constant
+            example = torch.zeros(2, target.in_channels, target.resolution, target.resolution)
+            self.runner, self.prepare_seconds = make_runner(model, target, settings, example)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if self.train else None
         self.scaler = None
         if self.train and self.amp and self.compute_dtype == torch.float16 and settings.device_type == "cuda":

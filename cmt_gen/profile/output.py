@@ -48,6 +48,8 @@ def run_payload(run) -> dict[str, Any]:
         "matmul_peak": run.matmul_peak.as_dict() if run.matmul_peak else None,
         "results": [_record(r) for r in run.results],
         "ratios": [r.as_dict() for r in throughput_ratios(run.results)],
+        # a low precision on CPU: the same models timed in fp32 in the same run (see cli profile)
+        "fp32_reference": getattr(run, "precision_check", None),
     }
 
 

@@ -324,6 +324,8 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
     try:
         bench = Bench(model, target, settings)
         result.weights_bytes = tensor_bytes(bench.model)
+        if settings.form == "deploy" and settings.mode == "infer" and not bench.deployed:
+            result.notes.append("as built: no deploy form")
 
         def attempt(batch: int):
             bench.set_batch(batch)
@@ -368,7 +370,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
         result.latency_samples = len(samples)
         result.latency_p50_ms = percentile(samples, 50) * 1000
         result.latency_p90_ms = percentile(samples, 90) * 1000
-        result.compile_seconds = compile_s
+        result.compile_seconds = compile_s if compile_s is not None else bench.prepare_seconds
     finally:
         if bench is not None:
             bench.close()

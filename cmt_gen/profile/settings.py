@@ -103,6 +103,8 @@ class ProfileSettings:
     max_spread: float = NOISY_SPREAD
     extend_time: float = 0.0  # extra seconds of repeats allowed while the spread is above max_spread
     threads_note: str | None = None  # how a default thread count was chosen (None: the user chose)
+    form: str = "deploy"  # deploy | as-built (profile.backends)
+    backend: str = "eager"  # eager | compile | onnxruntime
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +129,8 @@ def resolve_settings(
     threads: int | None = None,
     protocol: str | None = None,
     allow_slow_precision: bool = False,
+    form: str = "deploy",
+    backend: str | None = None,
 ) -> ProfileSettings:
     """Check and complete the user's choices; protocol first, explicit values win over it."""
     mode = _choice(mode, MODES, "mode")
@@ -148,6 +152,13 @@ def resolve_settings(
     if compile_mode is not None:
         compile = True
         _check_compile_mode(compile_mode)
+    from cmt_gen.profile.backends import BACKENDS, FORMS
+
+    form = _choice(form, FORMS, "form")
+    backend = _choice(backend, BACKENDS, "backend") if backend is not None else ("compile" if compile else "eager")
+    if compile and backend != "compile":
+        raise CmtGenError(f"--compile asks for the compile backend, not {backend}", field="backend")
+    compile = backend == "compile"
 
     dev = resolve_device(device)
     kind = dev.split(":")[0]
@@ -159,6 +170,9 @@ def resolve_settings(
     if batch_size is None:
         batch_size = LARGEST_BATCH_START if largest else (preset.batch_size if preset and preset.batch_size
                                                           else defaults.batch_size)
+    if backend == "onnxruntime" and (kind != "cpu" or mode != "infer" or precision != "fp32"):
+        raise CmtGenError("the onnxruntime backend runs fp32 inference on cpu (its CPU provider); "
+                          f"got {dev}, {mode}, {precision}", field="backend")
     compute = check_precision(dev, precision, allow_slow=allow_slow_precision)
     if threads is not None:
         _check_threads(threads)
@@ -172,7 +186,7 @@ def resolve_settings(
         protocol=preset.name if preset else None, latency_warmup=defaults.latency_warmup,
         latency_samples=defaults.latency_samples,
         latency_time=defaults.latency_time if min_time is None else float(min_time),
-        latency_max_samples=defaults.latency_max_samples,
+        latency_max_samples=defaults.latency_max_samples, form=form, backend=backend,
         extend_time=(defaults.repeats if repeats is None else repeats)
         * (defaults.min_time if min_time is None else float(min_time)),
     )

@@ -1,0 +1,153 @@
+"""Undo one deploy-form rewrite at a time, for the ablation rows of `bench_inference.py`.
+
+Each function takes a deploy-form `CMT` (a copy) and puts back the work that one
+rewrite removed, with identity parameters so the output is unchanged: an unfolded
+BatchNorm costs one eval-mode affine pass, an unfolded residual one add, and so
+on. The rest of the deploy form stays as it is, so a row's slowdown against the
+full deploy form is what that rewrite contributes on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmt_gen.model import deploy as D
+
+
+class TokenAffine(nn.Module):
+    """An eval-mode BatchNorm on (B, N, C) tokens with identity statistics: one multiply-add pass."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(channels), requires_grad=False)
+        self.shift = nn.Parameter(torch.zeros(channels), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+
+def identity_bn(channels: int) -> nn.BatchNorm2d:
+    bn = nn.BatchNorm2d(channels).eval()
+    bn.running_var.fill_(1.0 - bn.eps)  # sqrt(var + eps) == 1 exactly
+    return bn
+
+
+class Then(nn.Sequential):
+    """Modules applied in order (a token layer with the norm it had absorbed put back)."""
+
+
+def _blocks(model):
+    for stage in model.stages:
+        yield from stage.blocks
+
+
+def without_norm_folds(model):
+    """Put back every folded norm: the blocks' LayerNorm affines, the K/V reduction BN, the IRFFN's
+    two BNs around its down projection, the stem's last BN and the head's BN."""
+    for block in _blocks(model):
+        for name in ("norm1", "norm2"):
+            old = getattr(block, name)
+            setattr(block, name, nn.LayerNorm(old.normalized_shape, eps=old.eps))
+        reduce = block.attn.reduce
+        if reduce is not None and reduce.kind == "dwconv_bn":
+            reduce.shrink = Then(reduce.shrink, identity_bn(reduce.shrink.weight.shape[0]))
+        proj = block.ffn.project_fc
+        block.ffn.project_fc = Then(TokenAffine(proj.weight.shape[1]), proj, TokenAffine(proj.weight.shape[0]))
+    model.stem[-1].norm = identity_bn(model.stem[-1].conv.weight.shape[0])
+    fc = model.head.conv_fc
+    fc.act = "none"
+    model.head.conv_fc = Then(fc, TokenAffine(fc.weight.shape[0]), nn.SiLU())
+    return model
+
+
+class AddInput(nn.Module):
+    """y = layer(x) + x: the identity residual the centre tap had absorbed (the tap gets -1 back)."""
+
+    def __init__(self, layer: nn.Module, act: str = "none"):
+        super().__init__()
+        self.layer, self.act = layer, act
+        layer.act = "none"
+        with torch.no_grad():
+            k = layer.weight.shape[-1] // 2
+            layer.weight[:, 0, k, k] -= 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layer(x) + x
+        return F.gelu(y) if self.act == "gelu" else y
+
+
+def without_residual_folds(model):
+    """`x + dw(x)` computed as written, in the LPU and the IRFFN (whose GELU then cannot fuse)."""
+    for block in _blocks(model):
+        if block.lpu is not None:
+            block.lpu.conv = AddInput(block.lpu.conv)
+        block.ffn.local_conv = AddInput(block.ffn.local_conv, "gelu")
+    return model
+
+
+class SplitKV(nn.Module):
+    """K and V as two linears (their outputs concatenated for the deploy forward: one extra copy)."""
+
+    def __init__(self, kv: D.TokenLinear):
+        super().__init__()
+        c = kv.weight.shape[0] // 2
+        self.k = D.TokenLinear(kv.weight[:c], kv.bias[:c])
+        self.v = D.TokenLinear(kv.weight[c:], kv.bias[c:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.k(x), self.v(x)], dim=-1)
+
+
+def without_kv_fusion(model):
+    for block in _blocks(model):
+        block.attn.kv = SplitKV(block.attn.kv)
+    return model
+
+
+def without_onednn(model):
+    """Linears through `F.linear` (BLAS) and convs through `F.conv2d`, activations separate."""
+    for module in model.modules():
+        if isinstance(module, (D.TokenLinear, D.FusedConv)):
+            module.use_onednn = False
+    return model
+
+
+def with_sdpa(model):
+    """Attention by `scaled_dot_product_attention` instead of the per-device choice."""
+    for module in model.modules():
+        if isinstance(module, D.DeployLightweightMHSA):
+            module.kernel = "sdpa"
+    return model
+
+
+class CopyingViews(nn.Module):
+    """Runs the deploy form with token <-> map conversions that copy, as the training form's do."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        saved = D.tokens_as_map, D.map_as_tokens
+        D.tokens_as_map = lambda t, h, w: saved[0](t, h, w).contiguous()
+        D.map_as_tokens = lambda m: saved[1](m.contiguous()).contiguous()
+        try:
+            return self.model(x.contiguous())
+        finally:
+            D.tokens_as_map, D.map_as_tokens = saved
+
+
+def without_channels_last(model):
+    return CopyingViews(model)
+
+
+ABLATIONS = {
+    "norm folds (BN, LN affine)": without_norm_folds,
+    "residual folds (centre tap)": without_residual_folds,
+    "K/V fusion": without_kv_fusion,
+    "channels-last views": without_channels_last,
+    "oneDNN linear/conv + fused activation": without_onednn,
+    "attention kernel choice (SDPA instead)": with_sdpa,
+}
