@@ -197,3 +197,108 @@ def test_deploy_form_on_cuda_matches_eager_and_uses_sdpa() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
             cos = nn.functional.cosine_similarity(deployed(x).float(), model(x).float(), dim=1)
     assert cos.min().item() >= 0.999
+
+
+# ---------------------------------------------------------------- profiling what ships
+
+def test_profile_settings_default_to_the_deploy_form_and_check_backends() -> None:
+    from cmt_gen.errors import CmtGenError
+    from cmt_gen.profile.settings import resolve_settings
+
+    s = resolve_settings(device="cpu")
+    assert (s.form, s.backend, s.compile) == ("deploy", "eager", False)
+    assert resolve_settings(device="cpu", compile=True).backend == "compile"
+    assert resolve_settings(device="cpu", backend="compile").compile
+    with pytest.raises(CmtGenError, match="form: unknown form 'fused'"):
+        resolve_settings(device="cpu", form="fused")
+    with pytest.raises(CmtGenError, match="backend: the onnxruntime backend runs fp32 inference on cpu"):
+        resolve_settings(device="cpu", backend="onnxruntime", mode="train")
+
+
+def test_profile_measures_the_deploy_form_and_leaves_a_callers_model_alone() -> None:
+    from dataclasses import replace
+
+    from cmt_gen.profile.backends import compile_options, prepare_model
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.targets import target_from_module
+
+    model = build_model(tiny_spec_dict()).eval()
+    target = target_from_module(model)
+    settings = resolve_settings(device="cpu")
+    deployed = prepare_model(model, target, settings)
+    assert D.is_deploy_form(deployed) and not D.is_deploy_form(model)
+    assert prepare_model(model, target, replace(settings, form="as-built")) is model
+    assert prepare_model(model, target, replace(settings, mode="train")) is model
+    assert compile_options(settings) == {"options": {"freezing": True}}
+    assert compile_options(replace(settings, device_type="cuda", compile_mode="max-autotune")) == \
+        {"mode": "max-autotune"}
+    assert compile_options(replace(settings, device_type="cuda")) == {}
+
+
+def test_profile_json_says_which_form_it_measured(cli, tiny_spec_file, tmp_path) -> None:
+    out = tmp_path / "p.json"
+    fast = ["--device", "cpu", "--threads", "1", "--batch-size", "2", "--warmup", "0", "--iters", "1",
+            "--min-time", "0", "--repeats", "1"]
+    r = cli("profile", tiny_spec_file, *fast, "--form", "as-built", "--json", out)
+    assert r.code == 0, r.err
+    data = __import__("json").loads(out.read_text())
+    assert data["settings"]["form"] == "as-built" and data["settings"]["backend"] == "eager"
+    assert "form as-built" in r.out
+    r = cli("profile", tiny_spec_file, *fast, "--backend", "tensorrt")
+    assert r.code == 2 and "backend: unknown backend 'tensorrt'" in r.err
+
+
+def test_cpu_bf16_units_and_plain_precision_verdicts(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from cmt_gen.profile.backends import cpu_low_precision_units, describe_cpu_units, precision_verdicts
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor : 0\nflags : fpu avx512f avx512_bf16 avx2\n")
+    units = cpu_low_precision_units(info)
+    assert units["avx512_bf16"] and not units["amx_bf16"]
+    assert describe_cpu_units(units) == "bf16/fp16 units: avx512_bf16"
+    assert describe_cpu_units({"avx512_bf16": False, "amx_bf16": False}).endswith("none (no avx512_bf16, no AMX)")
+    low = [SimpleNamespace(name="cmt_s", ok=True, images_per_s=91.0)]
+    fp32 = [SimpleNamespace(name="cmt_s", ok=True, images_per_s=100.0)]
+    assert precision_verdicts(low, fp32, "bf16") == [
+        "cmt_s: bf16 91.0 img/s vs fp32 100.0 img/s = 0.91x, SLOWER than fp32 on this device"]
+
+
+def test_non_cpu_path_runs_portable_ops_with_sdpa(monkeypatch) -> None:
+    """The path a GPU takes (no oneDNN, SDPA with the float bias), on CPU with oneDNN made absent."""
+    from cmt_gen.model import onednn
+
+    torch.manual_seed(0)
+    model = trained_looking(build_model(tiny_spec_dict()))
+    cpu_form = copy.deepcopy(model).reparameterize()
+    gpu_like = copy.deepcopy(model).reparameterize(attention_kernel="sdpa")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = cpu_form(x)
+        monkeypatch.setattr(onednn, "_HAVE_ONEDNN", False)
+        assert not onednn.onednn_usable(x)
+        assert relative_gap(gpu_like(x), expected) < REL_TOL
+
+
+def test_gpu_report_merges_runs_and_checks_the_3x_target(tmp_path) -> None:
+    import json
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "benchmarks"))
+    import gpu_report
+
+    def run(form, precision, ips):
+        return {"tool": "cmt-gen profile", "env": {"device_name": "H100", "torch": "2.14"},
+                "settings": {"form": form, "precision": precision},
+                "results": [{"name": "cmt_s", "images_per_s": ips, "batch_size": 64, "latency_p50_ms": 3.0}]}
+
+    (tmp_path / "released_swin_fp32.json").write_text(json.dumps(run("as-built", "fp32", 1000.0)))
+    (tmp_path / "deploy_timm_amp.json").write_text(json.dumps(run("deploy", "amp", 3500.0)))
+    (tmp_path / "deploy_swin_bf16.json").write_text(json.dumps(run("deploy", "bf16", 2500.0)))
+    gpu_report.main([str(tmp_path)])
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    verdicts = {v["run"]: v["met"] for v in report["bf16_amp_vs_released_fp32"]}
+    assert verdicts == {"deploy_timm_amp": True, "deploy_swin_bf16": False}
+    assert "| deploy_timm_amp | cmt_s | deploy | amp | 64 | 3,500.0 | 3.00 | 3.50x |" in \
+        (tmp_path / "gpu_check.md").read_text()

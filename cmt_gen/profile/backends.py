@@ -65,10 +65,10 @@ def make_runner(model, target, settings, example) -> tuple[Callable, float | Non
     return model, None
 
 
-def cpu_low_precision_units() -> dict[str, bool]:
+def cpu_low_precision_units(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, bool]:
     """bf16 / fp16 units this CPU advertises in /proc/cpuinfo (Linux; empty elsewhere)."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = cpuinfo.read_text()
     except OSError:
         return {}
     flags: set[str] = set()

@@ -124,12 +124,15 @@ def profile_model(
     allow_slow_precision: bool = False,
     measure_peak: bool = True,
     progress: Progress | None = None,
+    form: str = "deploy",
+    backend: str | None = None,
 ) -> ProfileResult:
     """Profile one network: a spec (name, path, dict, CMTSpec), a built module, or 'timm:<name>'.
 
     `precision` fp32 | fp16 | bf16 | amp (None: the protocol's, else fp32);
     `protocol` deit | swin | timm presets batch and precision; explicit values
-    win. Timing budgets left None scale to the device. Settings mistakes raise
+    win. `form` deploy (CMT reparameterized, default) | as-built; `backend`
+    eager | compile | onnxruntime (see `profile.backends`). Timing budgets left None scale to the device. Settings mistakes raise
     CmtGenError before anything runs; a failure while measuring propagates.
     A module passed in is measured in place (infer) or on a copy (train) and
     is put back on its device, dtype and mode afterwards.
@@ -137,7 +140,7 @@ def profile_model(
     settings = resolve_settings(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
         compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters, min_time=min_time, repeats=repeats,
-        threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision,
+        threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision, form=form, backend=backend,
     )
     target = make_target(spec_or_model, overrides=overrides, resolution=resolution)
     settings, _ = with_default_threads(settings)
