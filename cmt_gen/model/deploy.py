@@ -15,12 +15,19 @@ are copied. 1x1 convolutions run as linears on the tokens.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cmt_gen.model import layers as L
-from cmt_gen.model import onednn
 from cmt_gen.model.attention_kernels import attend, default_kernel
+from cmt_gen.model.deploy_layers import (
+    BiasAtSize,
+    ChannelAffine,
+    FusedConv,
+    TokenLinear,
+    linear_layer,
+    map_as_tokens,
+    tokens_as_map,
+)
 from cmt_gen.model.folding import (
     add_identity_to_depthwise,
     conv1x1_as_linear,
@@ -31,16 +38,6 @@ from cmt_gen.model.folding import (
 )
 
 
-def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, N, C) contiguous tokens -> (B, C, H, W) channels-last view of the same memory."""
-    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
-
-
-def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) map -> (B, N, C) tokens; a view when the map is channels-last."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2] * x.shape[3], x.shape[1])
-
-
 def _require_eval(module: nn.Module) -> None:
     if module.training:
         raise RuntimeError("reparameterize() is for inference: call model.eval() first")
@@ -49,52 +46,6 @@ def _require_eval(module: nn.Module) -> None:
 def _set_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
     conv.weight = parameter(weight)
     conv.bias = parameter(bias)
-
-
-class TokenLinear(nn.Module):
-    """act(x W^T + b) on (B, N, C) tokens: a 1x1 conv (or a linear) with its activation fused
-    (oneDNN on CPU, see `model.onednn`)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, act: str = "none"):
-        super().__init__()
-        self.weight = parameter(weight)
-        self.bias = parameter(bias)
-        self.act = act
-        self.use_onednn = True  # the benchmark's ablation turns it off
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return onednn.linear(x, self.weight, self.bias, self.act, self.use_onednn)
-
-    def extra_repr(self) -> str:
-        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.act}"
-
-
-def _linear(weight: torch.Tensor, bias: torch.Tensor, act: str = "none") -> TokenLinear:
-    return TokenLinear(weight, bias, act)
-
-
-class FusedConv(nn.Module):
-    """A (folded) `nn.Conv2d` with its activation fused (oneDNN on CPU, see `model.onednn`)."""
-
-    def __init__(self, conv: nn.Conv2d, act: str = "none"):
-        super().__init__()
-        self.weight = parameter(conv.weight)
-        self.bias = parameter(conv.bias)
-        self.padding: int = conv.padding[0]
-        self.stride: int = conv.stride[0]
-        self.groups: int = conv.groups
-        self.act = act
-        self.use_onednn = True  # the benchmark's ablation turns it off
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return onednn.conv2d(x, self.weight, self.bias, self.padding, self.stride, self.groups, self.act,
-                             self.use_onednn)
-
-    def extra_repr(self) -> str:
-        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
-                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, act={self.act}")
-
-
 
 
 # ---------------------------------------------------------------- stem and patch aggregation
@@ -202,39 +153,6 @@ def affine_free(norm: nn.LayerNorm) -> nn.LayerNorm:
     return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
 
 
-def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: int) -> torch.Tensor:
-    """`layers.resample_position_bias` without its shortcut for the native size: bicubic at the
-    native size is the identity, and a traced graph must not depend on the size it was traced at."""
-    heads, n_kv = bias.shape[0], bias.shape[2]
-    x = bias.reshape(heads, grid[0], grid[1], n_kv).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-    x = x.reshape(heads, grid[0] // r, grid[1] // r, h * w).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(h // r, w // r), mode="bicubic", align_corners=False)
-    return x.reshape(heads, h * w, (h // r) * (w // r))
-
-
-class BiasAtSize:
-    """Mixin for the owners of a position bias: the bias at an input's grid and dtype, resampled
-    once per size and cached, not per forward (in eager mode; traced graphs resample)."""
-
-    def _bias_at(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        if torch.jit.is_scripting():
-            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
-        return self._cached_bias(bias, h, w, dtype)
-
-    @torch.jit.unused
-    def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        if onednn.graph_capture():
-            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
-        if (h, w) == tuple(self.grid) and bias.dtype == dtype:
-            return bias
-        key = (h, w, dtype, bias.device)
-        if key not in self._bias_cache:
-            with torch.no_grad():
-                self._bias_cache[key] = resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
-        return self._bias_cache[key]
-
-
 # ---------------------------------------------------------------- attention
 class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
     """LMHSA with the scale folded into q, one K/V matmul, a per-size cached position bias."""
@@ -257,7 +175,7 @@ class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
 
 
 def _fold_linear_input(layer: TokenLinear, scale: torch.Tensor, shift: torch.Tensor) -> TokenLinear:
-    return _linear(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
+    return linear_layer(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
 
 
 def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None) -> None:
@@ -265,10 +183,10 @@ def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None)
     _require_eval(attn)
     dim = attn.q.weight.shape[1]
     ones = torch.ones(dim, dtype=torch.float64, device=attn.q.weight.device)
-    attn.q = _linear(*fold_affine_after(attn.q.weight, attn.q.bias, ones * attn.scale, ones * 0))
+    attn.q = linear_layer(*fold_affine_after(attn.q.weight, attn.q.bias, ones * attn.scale, ones * 0))
     zeros = torch.zeros(dim, dtype=attn.k.weight.dtype, device=attn.k.weight.device)
-    attn.proj = _linear(attn.proj.weight, attn.proj.bias)
-    kv = _linear(torch.cat([attn.k.weight, attn.v.weight]),
+    attn.proj = linear_layer(attn.proj.weight, attn.proj.bias)
+    kv = linear_layer(torch.cat([attn.k.weight, attn.v.weight]),
                  torch.cat([attn.k.bias if attn.k.bias is not None else zeros,
                             attn.v.bias if attn.v.bias is not None else zeros]))
     if attn.reduce is not None:
@@ -314,32 +232,18 @@ class DeployIRFFN(L.IRFFN):
         return self.project_fc(map_as_tokens(y))
 
 
-class ChannelAffine(nn.Module):
-    """A BatchNorm that cannot fold (GELU before it, a padded conv after it), as one multiply-add."""
-
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
-        super().__init__()
-        self.scale = parameter(scale.float())
-        self.shift = parameter(shift.float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return torch.addcmul(self.shift, x, self.scale)
-        return torch.addcmul(self.shift, x, self.scale, out=x)  # x is a fresh intermediate
-
-
 def reparameterize_irffn(ffn: L.IRFFN) -> None:
     """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
     after the dw conv and after the 1x1 down conv into the down linear."""
     _require_eval(ffn)
-    ffn.expand_fc = _linear(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
+    ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
     ffn.expand_norm = ChannelAffine(*norm_affine(ffn.expand.norm))
     ffn.local.conv.weight = parameter(add_identity_to_depthwise(ffn.local.conv.weight))
     ffn.local_conv = FusedConv(ffn.local.conv, "gelu")
     down = ffn.project.conv
     w, b = fold_affine_before(conv1x1_as_linear(down.weight), down.bias, *norm_affine(ffn.local.norm))
     w, b = fold_affine_after(w, b, *norm_affine(ffn.project.norm))
-    ffn.project_fc = _linear(w, b)
+    ffn.project_fc = linear_layer(w, b)
     del ffn.expand, ffn.local, ffn.project, ffn.act
     ffn.__class__ = DeployIRFFN
 
@@ -429,7 +333,7 @@ class DeployClassifierHead(L.ClassifierHead):
 def reparameterize_head(head: L.ClassifierHead) -> None:
     _require_eval(head)
     w, b = fold_affine_after(conv1x1_as_linear(head.conv.weight), head.conv.bias, *norm_affine(head.norm))
-    head.conv_fc = _linear(w, b, "swish")
+    head.conv_fc = linear_layer(w, b, "swish")
     del head.conv, head.norm, head.act
     head.__class__ = DeployClassifierHead
 

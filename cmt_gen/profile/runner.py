@@ -132,7 +132,8 @@ def profile_model(
     `precision` fp32 | fp16 | bf16 | amp (None: the protocol's, else fp32);
     `protocol` deit | swin | timm presets batch and precision; explicit values
     win. `form` deploy (CMT reparameterized, default) | as-built; `backend`
-    eager | compile | onnxruntime (see `profile.backends`). Timing budgets left None scale to the device. Settings mistakes raise
+    eager | compile | onnxruntime (see `profile.backends`). Timing budgets left
+    None scale to the device. Settings mistakes raise
     CmtGenError before anything runs; a failure while measuring propagates.
     A module passed in is measured in place (infer) or on a copy (train) and
     is put back on its device, dtype and mode afterwards.
@@ -140,7 +141,8 @@ def profile_model(
     settings = resolve_settings(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
         compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters, min_time=min_time, repeats=repeats,
-        threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision, form=form, backend=backend,
+        threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision,
+        form=form, backend=backend,
     )
     target = make_target(spec_or_model, overrides=overrides, resolution=resolution)
     settings, _ = with_default_threads(settings)

@@ -1,0 +1,114 @@
+"""Building blocks of the deploy form: token linears and convs with fused activations, a channel
+affine, token/map views of one channels-last buffer, and the per-size position-bias cache."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cmt_gen.model import onednn
+from cmt_gen.model.folding import parameter
+
+
+def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(B, N, C) contiguous tokens -> (B, C, H, W) channels-last view of the same memory."""
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map -> (B, N, C) tokens; a view when the map is channels-last."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2] * x.shape[3], x.shape[1])
+
+
+class TokenLinear(nn.Module):
+    """act(x W^T + b) on (B, N, C) tokens: a 1x1 conv (or a linear) with its activation fused
+    (oneDNN on CPU, see `model.onednn`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, act: str = "none"):
+        super().__init__()
+        self.weight = parameter(weight)
+        self.bias = parameter(bias)
+        self.act = act
+        self.use_onednn = True  # the benchmark's ablation turns it off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn.linear(x, self.weight, self.bias, self.act, self.use_onednn)
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, act={self.act}"
+
+
+def linear_layer(weight: torch.Tensor, bias: torch.Tensor, act: str = "none") -> TokenLinear:
+    return TokenLinear(weight, bias, act)
+
+
+class FusedConv(nn.Module):
+    """A (folded) `nn.Conv2d` with its activation fused (oneDNN on CPU, see `model.onednn`)."""
+
+    def __init__(self, conv: nn.Conv2d, act: str = "none"):
+        super().__init__()
+        self.weight = parameter(conv.weight)
+        self.bias = parameter(conv.bias)
+        self.padding: int = conv.padding[0]
+        self.stride: int = conv.stride[0]
+        self.groups: int = conv.groups
+        self.act = act
+        self.use_onednn = True  # the benchmark's ablation turns it off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return onednn.conv2d(x, self.weight, self.bias, self.padding, self.stride, self.groups, self.act,
+                             self.use_onednn)
+
+    def extra_repr(self) -> str:
+        return (f"{self.weight.shape[1] * self.groups}, {self.weight.shape[0]}, kernel={tuple(self.weight.shape[2:])}, "
+                f"stride={self.stride}, padding={self.padding}, groups={self.groups}, act={self.act}")
+
+
+
+
+class ChannelAffine(nn.Module):
+    """A BatchNorm that cannot fold (GELU before it, a padded conv after it), as one multiply-add."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.scale = parameter(scale.float())
+        self.shift = parameter(shift.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return torch.addcmul(self.shift, x, self.scale)
+        return torch.addcmul(self.shift, x, self.scale, out=x)  # x is a fresh intermediate
+
+
+def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: int) -> torch.Tensor:
+    """`layers.resample_position_bias` without its shortcut for the native size: bicubic at the
+    native size is the identity, and a traced graph must not depend on the size it was traced at."""
+    heads, n_kv = bias.shape[0], bias.shape[2]
+    x = bias.reshape(heads, grid[0], grid[1], n_kv).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+    x = x.reshape(heads, grid[0] // r, grid[1] // r, h * w).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=(h // r, w // r), mode="bicubic", align_corners=False)
+    return x.reshape(heads, h * w, (h // r) * (w // r))
+
+
+class BiasAtSize:
+    """Mixin for the owners of a position bias: the bias at an input's grid and dtype, resampled
+    once per size and cached, not per forward (in eager mode; traced graphs resample)."""
+
+    def _bias_at(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        return self._cached_bias(bias, h, w, dtype)
+
+    @torch.jit.unused
+    def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+        if onednn.graph_capture():
+            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        if (h, w) == tuple(self.grid) and bias.dtype == dtype:
+            return bias
+        key = (h, w, dtype, bias.device)
+        if key not in self._bias_cache:
+            with torch.no_grad():
+                self._bias_cache[key] = resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+        return self._bias_cache[key]
