@@ -74,8 +74,10 @@ def test_result_fields_are_sane(quick_peak):
     assert result.achieved_macs_per_s == pytest.approx(cost.macs * result.images_per_s)
     assert result.peak_macs_per_s > 0
     assert result.fraction_of_peak == pytest.approx(result.achieved_macs_per_s / result.peak_macs_per_s)
-    assert result.weights_bytes == 4 * cost.params + sum(
-        b.numel() * b.element_size() for b in __import__("cmt_gen").build_model(spec).buffers())
+    deployed = __import__("cmt_gen").build_model(spec).eval().reparameterize()  # what profile measures by default
+    assert result.settings["form"] == "deploy"
+    assert result.weights_bytes == sum(t.numel() * t.element_size() for t in [*deployed.parameters(),
+                                                                             *deployed.buffers()])
     assert result.peak_memory_bytes is not None and result.memory_method
     assert result.settings["device"] == "cpu" and result.settings["precision"] == "fp32"
     assert result.settings["repeats"] == 2 and result.settings["mode"] == "infer"

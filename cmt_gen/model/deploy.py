@@ -52,8 +52,8 @@ def _set_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None
 class DeployStem(L.Stem):
     """The stem, fed a channels-last copy of the image so every later map is channels-last."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -83,8 +83,8 @@ def reparameterize_stem(stem: L.Stem) -> None:
 class DeployPatchAggregation(L.PatchAggregation):
     """2x2 stride-2 conv on a channels-last map, its tokens taken as a view, LayerNorm."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.conv(x.contiguous(memory_format=torch.channels_last))
@@ -108,8 +108,8 @@ def reparameterize_patch_aggregation(patch: L.PatchAggregation) -> None:
 class DeployLocalPerceptionUnit(L.LocalPerceptionUnit):
     """`x + dw3x3(x)` as one depthwise conv with the identity on its centre tap."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -126,8 +126,8 @@ class DeployKVReduction(L.KVReduction):
     """Reduced K/V source as tokens: the strided conv (its BN folded in) or the pool, then conv_ln's
     LayerNorm (affine-free once the attention folded its affine into K/V) or nothing."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(map_as_tokens(self.shrink(x)))
@@ -157,8 +157,8 @@ def affine_free(norm: nn.LayerNorm) -> nn.LayerNorm:
 class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
     """LMHSA with the scale folded into q, one K/V matmul, a per-size cached position bias."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int,
                 position_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -222,8 +222,8 @@ class DeployIRFFN(L.IRFFN):
     """On tokens: linear up, GELU, BN; dw3x3 (identity on its centre) on the map view, GELU; linear down
     with both trailing BNs folded in."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, N, C) tokens -> (B, N, C)."""
@@ -258,8 +258,8 @@ def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
 class DeployCMTBlock(L.CMTBlock):
     """LPU; x + attn(LN(x)); x + ffn(LN(x)); both LNs affine-free (their affines live in the next layers)."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int,
                 position_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -289,8 +289,8 @@ def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
 class DeployCMTStage(BiasAtSize, L.CMTStage):
     """Patch aggregation, the stage's bias at this size (cached), the blocks on shared token memory."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, h, w = self.downsample(x)
@@ -321,8 +321,8 @@ def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
 class DeployClassifierHead(L.ClassifierHead):
     """Linear (the 1x1 conv with its BN folded) on channel-last pixels, Swish, mean, dropout, fc."""
 
-    def reparameterize(self) -> None:
-        pass
+    def reparameterize(self, **options) -> None:
+        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.conv_fc(map_as_tokens(x)).mean(dim=1)
