@@ -84,4 +84,5 @@ def test_missing_output_folder_and_bad_weights_exit_2(cli, tiny_spec_file, tmp_p
 
 def test_check_sizes_differ_in_every_dynamic_axis() -> None:
     a, b = check_sizes(3, 224, 32)
-    assert a[0] != b[0] and a[2] != b[2] and a[3] != b[3] and all(s % 32 == 0 for s in (*a[2:], *b[2:]))
+    assert a[0] != b[0] and a[2] != b[2] and a[3] != b[3] and b[2] != b[3]
+    assert all(s % 32 == 0 and s >= 64 for s in (*a[2:], *b[2:]))

@@ -19,14 +19,17 @@ from cmt_gen.files import atomic_output
 FORMATS = ("onnx", "torchscript", "program")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt", "program": ".pt2"}
 MAX_SIDE_BLOCKS = 128  # dynamic height / width up to 128 x the total stride (4096 px at stride 32)
+# and from 2 x the total stride: traced at a size whose last map is at least 2x2, torch.export keeps
+# that as a guard (size-1 dimensions are specialised), so 1x1 last maps are out of the exported range.
+MIN_SIDE_BLOCKS = 2
 
 
 def dynamic_shapes(stride: int) -> dict:
     from torch.export import Dim
 
     return {"x": {0: Dim("batch", min=1, max=4096),
-                  2: stride * Dim("height_blocks", min=1, max=MAX_SIDE_BLOCKS),
-                  3: stride * Dim("width_blocks", min=1, max=MAX_SIDE_BLOCKS)}}
+                  2: stride * Dim("height_blocks", min=MIN_SIDE_BLOCKS, max=MAX_SIDE_BLOCKS),
+                  3: stride * Dim("width_blocks", min=MIN_SIDE_BLOCKS, max=MAX_SIDE_BLOCKS)}}
 
 
 def _write_program(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:

@@ -38,9 +38,8 @@ class ExportResult:
 
 
 def check_sizes(channels: int, resolution: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Two inputs that differ in batch, height and width: the spec's size, and a wider, shorter one."""
-    other_h = max(stride, resolution - stride)
-    return [(2, channels, resolution, resolution), (1, channels, other_h, resolution + stride)]
+    """Two inputs that differ in batch, height and width: the spec's size, and a larger, non-square one."""
+    return [(2, channels, resolution, resolution), (1, channels, resolution + stride, resolution + 2 * stride)]
 
 
 def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
