@@ -141,10 +141,9 @@ def reparameterize_kv_reduction(reduce: L.KVReduction) -> None:
         reduce.norm = nn.Identity()
     if reduce.kind == "avgpool":
         reduce.shrink, reduce.norm = reduce.pool, nn.Identity()
-        del reduce.pool
     else:
         reduce.shrink = FusedConv(reduce.conv)
-        del reduce.conv
+    reduce.pool = reduce.conv = None  # the training form's slots, unused now
     reduce.__class__ = DeployKVReduction
 
 
@@ -325,7 +324,14 @@ class DeployClassifierHead(L.ClassifierHead):
         """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.conv_fc(map_as_tokens(x)).mean(dim=1)
+        h, w = x.shape[2], x.shape[3]
+        x = self.conv_fc(map_as_tokens(x))
+        if self.global_pool == "avg":
+            x = x.mean(dim=1)
+        elif self.global_pool == "max":
+            x = x.amax(dim=1)
+        else:  # "": the unpooled map
+            x = tokens_as_map(x, h, w)
         x = self.dropout(x)
         return x if pre_logits else self.fc(x)
 
@@ -359,4 +365,20 @@ def reparameterize_network(model: nn.Module, attention_kernel: str | None = None
         last_unit.norm = nn.Identity()
     for child in (model.stem, *model.stages, model.head):
         if child is not None and not isinstance(child, DEPLOY_CLASSES):
-            child.reparameterize(**({"kernel": attention_kernel} if isinstance(child, L.CMTStage) else {}))
+            child.reparameterize(kernel=attention_kernel)
+
+
+def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:
+    """The rewrite for this layer's class (what each layer's `reparameterize()` calls)."""
+    with_kernel = {L.LightweightMHSA: reparameterize_attention, L.CMTBlock: reparameterize_block,
+                   L.CMTStage: reparameterize_stage}
+    plain = {L.Stem: reparameterize_stem, L.PatchAggregation: reparameterize_patch_aggregation,
+             L.LocalPerceptionUnit: reparameterize_lpu, L.KVReduction: reparameterize_kv_reduction,
+             L.IRFFN: reparameterize_irffn, L.ClassifierHead: reparameterize_head}
+    for cls, rewrite in with_kernel.items():
+        if isinstance(layer, cls):
+            return rewrite(layer, kernel)
+    for cls, rewrite in plain.items():
+        if isinstance(layer, cls):
+            return rewrite(layer)
+    raise TypeError(f"{type(layer).__name__} has no deploy form")

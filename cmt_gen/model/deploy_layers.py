@@ -4,11 +4,11 @@ affine, token/map views of one channels-last buffer, and the per-size position-b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cmt_gen.model import onednn
 from cmt_gen.model.folding import parameter
+from cmt_gen.model.layers import resample_position_bias
 
 
 def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -82,14 +82,9 @@ class ChannelAffine(nn.Module):
 
 
 def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: int) -> torch.Tensor:
-    """`layers.resample_position_bias` without its shortcut for the native size: bicubic at the
-    native size is the identity, and a traced graph must not depend on the size it was traced at."""
-    heads, n_kv = bias.shape[0], bias.shape[2]
-    x = bias.reshape(heads, grid[0], grid[1], n_kv).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
-    x = x.reshape(heads, grid[0] // r, grid[1] // r, h * w).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=(h // r, w // r), mode="bicubic", align_corners=False)
-    return x.reshape(heads, h * w, (h // r) * (w // r))
+    """The (heads, N, N / r^2) bias stored for `grid`, bicubically resampled to an h x w map
+    (branch-free, so a traced graph holds at every size)."""
+    return resample_position_bias(bias, grid, (grid[0] // r, grid[1] // r), (h, w), (h // r, w // r))
 
 
 class BiasAtSize:

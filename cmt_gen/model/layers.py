@@ -15,6 +15,7 @@ from torch import nn
 
 from cmt_gen.cost import analytic as complexity
 from cmt_gen.errors import InputShapeError
+from cmt_gen.model.reparameterizable import Reparameterizable
 
 BN_EPS = 1e-5
 LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
@@ -30,13 +31,6 @@ def recording() -> bool:
     probes = ((torch.jit, "is_tracing"), (torch.fx._symbolic_trace, "is_fx_symbolic_tracing"),
               (torch.compiler, "is_compiling"), (torch.compiler, "is_exporting"))
     return any(getattr(owner, name, lambda: False)() for owner, name in probes)  # older torch lacks some
-
-
-def _deploy():
-    """The deploy-form rewrites (imported on use: `deploy` builds on this module)."""
-    from cmt_gen.model import deploy
-
-    return deploy
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -113,13 +107,10 @@ class ConvGeluBN(nn.Module):
         return self.norm(self.act(self.conv(x)))
 
 
-class Stem(nn.Sequential):
+class Stem(Reparameterizable, nn.Sequential):
     """3x3 s2 (in -> s), 3x3 (s -> s), 3x3 (s -> s); each conv, GELU, BN."""
 
     complexity = staticmethod(complexity.stem_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_stem(self)
 
     def __init__(self, in_channels: int, channels: int):
         super().__init__(
@@ -129,13 +120,10 @@ class Stem(nn.Sequential):
         )
 
 
-class PatchAggregation(nn.Module):
+class PatchAggregation(Reparameterizable, nn.Module):
     """2x2 conv stride 2, flatten to tokens, LayerNorm: halves the map between stages."""
 
     complexity = staticmethod(complexity.patch_aggregation_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_patch_aggregation(self)
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -147,13 +135,10 @@ class PatchAggregation(nn.Module):
         return self.norm(map_to_tokens(x)), x.shape[2], x.shape[3]
 
 
-class LocalPerceptionUnit(nn.Module):
+class LocalPerceptionUnit(Reparameterizable, nn.Module):
     """LPU: x + DWConv3x3(x), on the image view."""
 
     complexity = staticmethod(complexity.local_perception_unit_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_lpu(self)
 
     def __init__(self, dim: int):
         super().__init__()
@@ -163,16 +148,13 @@ class LocalPerceptionUnit(nn.Module):
         return x + self.conv(x)
 
 
-class KVReduction(nn.Module):
+class KVReduction(Reparameterizable, nn.Module):
     """Shrinks the key/value map by `ratio` in each direction before K and V projections.
 
     Modules a kind does not use are None (not absent), so TorchScript drops their branches.
     """
 
     complexity = staticmethod(complexity.kv_reduction_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_kv_reduction(self)
 
     def __init__(self, dim: int, ratio: int, kind: str):
         super().__init__()
@@ -242,13 +224,10 @@ def at_stored_grid_in_eager(q_grid, kv_grid, new_q, new_kv) -> bool:
     return not recording() and (tuple(q_grid), tuple(kv_grid)) == (tuple(new_q), tuple(new_kv))
 
 
-class LightweightMHSA(nn.Module):
+class LightweightMHSA(Reparameterizable, nn.Module):
     """LMHSA: q from all tokens; k, v from the reduced map; softmax(q k^T * scale + B) v; proj."""
 
     complexity = staticmethod(complexity.lmhsa_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_attention(self, **options)
 
     def __init__(self, dim: int, heads: int, reduction: int, qkv_bias: bool = True,
                  reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
@@ -294,13 +273,10 @@ class LightweightMHSA(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class IRFFN(nn.Module):
+class IRFFN(Reparameterizable, nn.Module):
     """IRFFN: 1x1 up, GELU, BN; DW3x3 + residual, GELU, BN; 1x1 down, BN."""
 
     complexity = staticmethod(complexity.irffn_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_irffn(self)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -320,13 +296,10 @@ class IRFFN(nn.Module):
         return self.project.norm(self.project.conv(y))
 
 
-class CMTBlock(nn.Module):
+class CMTBlock(Reparameterizable, nn.Module):
     """LPU, then x + LMHSA(LN(x)), then x + IRFFN(LN(x)); drop path on both branches."""
 
     complexity = staticmethod(complexity.cmt_block_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_block(self, **options)
 
     def __init__(self, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool = True,
                  lpu: bool = True, reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
@@ -349,13 +322,10 @@ class CMTBlock(nn.Module):
         return x + self.drop_path(map_to_tokens(y))
 
 
-class CMTStage(nn.Module):
+class CMTStage(Reparameterizable, nn.Module):
     """Patch aggregation, the stage's shared position bias, then `depth` CMT blocks."""
 
     complexity = staticmethod(complexity.cmt_stage_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_stage(self, **options)
 
     def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int,
                  qkv_bias: bool = True, lpu: bool = True, reduction_kind: str = "dwconv_bn",
@@ -406,16 +376,13 @@ class CMTStage(nn.Module):
 POOLS = ("avg", "max", "")
 
 
-class ClassifierHead(nn.Module):
+class ClassifierHead(Reparameterizable, nn.Module):
     """1x1 conv to fc channels, BN, Swish, global pool, dropout, linear.
 
     `global_pool=""` keeps the map unpooled (timm's convention); it needs no classifier.
     """
 
     complexity = staticmethod(complexity.classifier_head_cost)
-
-    def reparameterize(self, **options) -> None:  # in place, eval only: see model.deploy
-        _deploy().reparameterize_head(self)
 
     def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0,
                  global_pool: str = "avg"):

@@ -183,7 +183,7 @@ class CMT(nn.Module):
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
-    def reparameterize(self, attention_kernel: str | None = None) -> CMT:
+    def reparameterize(self, attention_kernel: "str | None" = None) -> "CMT":
         """Rewrite in place into the deploy form: same outputs, faster (eval only; see `model.deploy`)."""
         from cmt_gen.model.deploy import reparameterize_network
 
