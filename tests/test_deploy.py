@@ -178,9 +178,15 @@ def test_bf16_deploy_form_keeps_the_logits() -> None:
     model = trained_looking(build_model(tiny_spec_dict()))
     deployed = copy.deepcopy(model).reparameterize().to(torch.bfloat16)
     x = torch.randn(4, 3, 64, 64)
+    fp32_deploy = copy.deepcopy(model).reparameterize()
     with torch.inference_mode():
-        cos = nn.functional.cosine_similarity(deployed(x.bfloat16()).float(), model(x), dim=1)
+        reference = model(x)
+        cos = nn.functional.cosine_similarity(deployed(x.bfloat16()).float(), reference, dim=1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # AMP: oneDNN steps aside, autocast picks dtypes
+            amp = fp32_deploy(x)
     assert cos.min().item() >= 0.999
+    assert amp.dtype == torch.bfloat16
+    assert nn.functional.cosine_similarity(amp.float(), reference, dim=1).min().item() >= 0.999
 
 
 @pytest.mark.gpu

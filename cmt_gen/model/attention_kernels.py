@@ -6,7 +6,9 @@ The deploy form folds the softmax scale into q, so every kernel computes
 
 - CPU (torch 2.14, 2-core AMD EPYC, avx512): `scaled_dot_product_attention` with a float
   mask runs its math fallback plus mask checks; an explicit matmul, in-place bias
-  add and softmax is faster at every CMT-S stage, so CPU uses `matmul`.
+  add and softmax is faster at every CMT-S stage, so CPU uses `matmul` (batch 16,
+  1 thread, ms sdpa / matmul: stage 1 33.0 / 11.4, stage 2 8.0 / 5.5, stage 3
+  3.8 / 2.8, stage 4 6.0 / 1.5).
 - CUDA: the memory-efficient SDPA kernel accepts a float bias and fuses the three
   steps, so CUDA uses `sdpa` (checked by `benchmarks/gpu_check.sh`).
 """
