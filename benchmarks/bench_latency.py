@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     n = min(args.n, 3) if quick else args.n
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}; "
           f"{'quick (CI) form' if quick else 'full form'}", flush=True)
+    from cmt_gen.profile.env import busy_warning
+
+    busy = busy_warning(args.device)
+    if busy:
+        print(f"WARNING: {busy}", flush=True)
     started = time.perf_counter()
     if args.calibration:
         cal = load_calibration(args.calibration)
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
               "batch_size": cal.settings.batch_size, "calibration_seconds": cal.seconds,
               "calibration_fit": {k: {"median": m.median_error, "worst": m.worst_error} for k, m in cal.parts.items()},
               "summary": stats, "design": design_report, "rows": [r.as_dict() for r in rows],
-              "elapsed_seconds": time.perf_counter() - started, "load_average": os.getloadavg()}
+              "elapsed_seconds": time.perf_counter() - started, "load_average": os.getloadavg(),
+              "busy_before": busy}
     (args.out / "bench_latency.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_scatter(rows, args.out / "bench_latency.png", cal)
     print(f"wrote {args.out / 'bench_latency.json'} and {args.out / 'bench_latency.png'}; whole run "
@@ -150,10 +156,15 @@ def plot_scatter(rows, path: Path, cal) -> None:
             inside = [abs(r.error) <= GOAL_ERROR for r in done]
             ax.scatter(xs, ys, c=["#2ca02c" if ok else "#d62728" for ok in inside], s=30, zorder=3,
                        label=f"{sum(inside)}/{len(done)} within +-10%")
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
         s = cal.settings
         ax.set_title(f"predicted vs measured images/s\n{cal.machine}, {s.precision}, batch {s.batch_size}, "
                      f"threads {s.threads}", fontsize=9)

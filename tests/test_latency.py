@@ -249,3 +249,31 @@ def test_benchmark_reduced_form_runs(tmp_path):
     assert report["design"]["seconds"] > 0 and (tmp_path / "bench_latency.png").stat().st_size > 0
     assert load_calibration(tmp_path / "calibration.json").settings.batch_size == 1
     _ = run_cli_subprocess  # the CLI form is exercised in-process above
+
+
+def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
+    cal = tmp_path / "cal.json"
+    made = cli("calibrate", "--device", "cpu", "--threads", "1", "--batch-size", "1", "--blocks", "3",
+               "--min-time", "0", "-o", cal)
+    assert made.code == 0, made.err
+    assert load_calibration(cal).settings.batch_size == 1
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(json.dumps(tiny_spec_dict()))
+    out = tmp_path / "rows.json"
+    measured = cli("predict", spec, "--calibration", cal, "--measure", "--min-time", "0", "--json", out)
+    assert measured.code == 0, measured.err
+    row = json.loads(out.read_text())[0]
+    assert row["measured_images_per_s"] > 0
+    assert row["error"] == pytest.approx(row["images_per_s"] / row["measured_images_per_s"] - 1)
+
+
+@pytest.mark.parametrize("argv, rule", [
+    (["--form", "deploy"], "deploy form is not available"),
+    (["--blocks", "1"], "blocks: must be a whole number >= 3"),
+    (["--device", "tpu"], "unknown device"),
+    (["--min-time", "-1"], "min_time"),
+])
+def test_calibrate_bad_options_exit_2(tmp_path, cli, argv, rule):
+    result = cli("calibrate", *argv, "-o", tmp_path / "cal.json")
+    assert result.code == 2 and rule in result.err and not (tmp_path / "cal.json").exists()
+    assert cli("calibrate", "-o", tmp_path / "cal.txt").code == 2

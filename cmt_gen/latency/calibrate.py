@@ -2,7 +2,7 @@
 
 The sample spans the shapes CMT designs use: for each of the family's four
 stage positions (heads 1, 2, 4, 8; K/V reduction 8, 4, 2, 1), map sizes of
-inputs from 128 to 320 pixels, channels from 0.3x to 2.2x CMT-S's and
+inputs from 64 to 320 pixels, channels from 0.3x to 2.2x CMT-S's and
 expansion ratios 2 to 6, with some blocks given twice the heads or half the
 reduction. Draws are stratified over map sizes and seeded, so two calibrations
 time the same shapes. Stems, patch aggregations and heads are sampled the same
@@ -32,7 +32,7 @@ from cmt_gen.latency.fit import fit_nonnegative
 STAGE_HEADS = (1, 2, 4, 8)
 STAGE_REDUCTIONS = (8, 4, 2, 1)
 STAGE_CHANNELS = (64, 128, 256, 512)  # CMT-S; sampled from 0.3x to 2.2x
-RESOLUTIONS = tuple(range(128, 321, 32))
+RESOLUTIONS = tuple(range(64, 321, 32))  # small inputs pin down the per-call overhead
 MAX_MACS_PER_IMAGE = 700e6
 DEFAULT_BLOCKS_PER_STAGE = 24
 
@@ -66,11 +66,11 @@ def plan_parts(blocks_per_stage: int = DEFAULT_BLOCKS_PER_STAGE, seed: int = 0) 
                 if part.macs() <= MAX_MACS_PER_IMAGE:
                     break
             parts.append(part)
-    n_small = max(3, blocks_per_stage // 2)
+    n_small = max(2 * len(FEATURES["head"]), blocks_per_stage // 2)  # enough to tell every feature apart
     for j in range(n_small):
         resolution = RESOLUTIONS[j % len(RESOLUTIONS)]
         parts.append(PartShape("stem", resolution, resolution, 3, 8 * rng.randrange(1, 7)))
-    for j in range(max(4, blocks_per_stage // 2)):
+    for j in range(max(2 * len(FEATURES["patch"]), blocks_per_stage // 2)):
         i = j % 4
         resolution = rng.choice(RESOLUTIONS)
         c_in = 8 * rng.randrange(1, 7) if i == 0 else _channels(rng, STAGE_CHANNELS[i - 1], 8)
@@ -120,7 +120,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         raise CalibrationError("the deploy form is not available in this cmt-gen yet; use --form as-built",
                                field="form")
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 3:
-        raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks_per_stage")
+        raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks")
     if not (math.isfinite(min_time) and min_time >= 0):
         raise CalibrationError(f"must be a number of seconds >= 0, got {min_time}", field="min_time")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads)
