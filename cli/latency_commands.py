@@ -62,10 +62,11 @@ def calibrate(
     s = calibration.settings
     table = Table(title=f"latency model of {escape(calibration.machine)} ({s.device}, {s.precision}, batch "
                         f"{s.batch_size}, threads {s.threads or 'default'})", title_justify="left")
-    for column in ("part", "timed", "median error", "worst error"):
+    for column in ("part", "timed", "left out", "median error", "worst error"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for kind, model in calibration.parts.items():
-        table.add_row(kind, str(model.samples), f"{model.median_error * 100:.1f}%", f"{model.worst_error * 100:.1f}%")
+        table.add_row(kind, str(model.samples), str(model.outliers), f"{model.median_error * 100:.1f}%",
+                      f"{model.worst_error * 100:.1f}%")
     console.print(table)
     console.print(f"wrote {escape(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
                   "timings; cmt-gen predict --measure checks whole networks)")
@@ -92,15 +93,19 @@ def predict(
 
     _check_json_path(json_path, "the rows")
     cal = load_calibration(calibration)
-    for warning in check_compatible(cal, source=str(calibration), precision=precision, batch_size=batch_size,
-                                    threads=threads, force=force):
+    warned = check_compatible(cal, source=str(calibration), precision=precision, batch_size=batch_size,
+                              threads=threads, force=force)
+    for warning in warned:
         err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     rows = predict_rows([load_spec(name, overrides) for name in specs], cal)
     if measure:
         with console.status("measuring") as status:
-            measure_rows(rows, cal, min_time=min_time,
-                         progress=lambda i, what: status.update(f"measuring {rows[i].name if i >= 0 else ''}: "
-                                                                f"{escape(what)}"))
+            more = measure_rows(rows, cal, min_time=min_time, force=force, source=str(calibration),
+                                progress=lambda i, what: status.update(
+                                    f"measuring {rows[i].name if i >= 0 else ''}: {escape(what)}"))
+        for warning in more:
+            if warning not in warned:
+                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     if json_path is not None:
         emit_json([r.as_dict() for r in rows], json_path)
     s = cal.settings

@@ -79,6 +79,18 @@ def test_prediction_is_the_sum_of_its_parts_exactly(calibration):
         assert got.batch_size == BATCH
 
 
+def test_robust_fit_leaves_out_a_disturbed_timing():
+    from cmt_gen.latency.fit import fit_robust
+
+    rows = [[1.0, float(x), float(x * x % 7 + 1)] for x in range(1, 30)]
+    seconds = [2e-3 + 1e-4 * r[1] + 3e-4 * r[2] for r in rows]
+    seconds[5] *= 3  # another process took the core during this timing
+    report = fit_robust(rows, seconds)
+    assert report.outliers == 1
+    assert report.coefficients == pytest.approx((2e-3, 1e-4, 3e-4), rel=1e-6)
+    assert report.worst_error == pytest.approx(2 / 3, rel=1e-6)  # still reported
+
+
 def test_fit_keeps_coefficients_non_negative():
     rows = [[1.0, float(x), float(x * x)] for x in range(1, 12)]
     seconds = [5.0 - 0.3 * r[1] + 0.01 * r[2] for r in rows]  # a negative slope the model may not use

@@ -27,7 +27,7 @@ from cmt_gen.latency.calibration_file import (
     installed_torch_version,
 )
 from cmt_gen.latency.features import FEATURES, PART_KINDS, PartShape
-from cmt_gen.latency.fit import fit_nonnegative
+from cmt_gen.latency.fit import fit_robust
 
 STAGE_HEADS = (1, 2, 4, 8)
 STAGE_REDUCTIONS = (8, 4, 2, 1)
@@ -93,10 +93,10 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
         rows = [(p.features(batch_size), s) for p, s in measured if p.kind == kind]
         if not rows:
             raise CalibrationError(f"no {kind} was measured; cannot fit its latency", field="parts")
-        report = fit_nonnegative([r for r, _ in rows], [s for _, s in rows])
+        report = fit_robust([r for r, _ in rows], [s for _, s in rows])
         models[kind] = PartModel(features=list(FEATURES[kind]), coefficients=list(report.coefficients),
                                  samples=report.samples, median_error=report.median_error,
-                                 worst_error=report.worst_error)
+                                 worst_error=report.worst_error, outliers=report.outliers)
     return models
 
 
@@ -111,7 +111,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     (seconds per call of a part); tests pass a synthetic one.
     """
     from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
-    from cmt_gen.profile.bench import thread_count
+    from cmt_gen.profile.bench import device_flags, thread_count
     from cmt_gen.profile.settings import resolve_settings
 
     if form not in FORMS:
@@ -126,7 +126,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads)
     plan = plan_parts(blocks_per_stage, seed)
     started = time.perf_counter()
-    with thread_count(settings.threads):
+    with thread_count(settings.threads), device_flags(settings):
         from cmt_gen.profile.env import fingerprint
 
         environment = fingerprint(settings.device)

@@ -38,6 +38,7 @@ class PartModel(_Strict):
     samples: int = Field(ge=1)
     median_error: float = Field(ge=0, description="Median |predicted/measured - 1| over its own samples.")
     worst_error: float = Field(ge=0)
+    outliers: int = Field(0, ge=0, description="Timings left out of the final fit as disturbed by other load.")
 
     @model_validator(mode="after")
     def _same_length(self) -> PartModel:

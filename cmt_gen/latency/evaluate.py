@@ -62,8 +62,14 @@ def predict_rows(specs: Sequence, calibration: Calibration) -> list[PredictionRo
 
 
 def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min_time: float | None = None,
-                 repeats: int | None = None, progress: Callable[[int, str], None] | None = None) -> None:
-    """Profile each row's spec under the calibration's settings and record its median images/s."""
+                 repeats: int | None = None, progress: Callable[[int, str], None] | None = None,
+                 force: bool = False, source: str = "calibration") -> list[str]:
+    """Profile each row's spec under the calibration's settings and record its median images/s.
+
+    With torch loaded the device itself can be identified (a GPU's name), so the
+    calibration is checked against it once more; returns the warnings if forced.
+    """
+    from cmt_gen.latency.calibration_file import check_compatible
     from cmt_gen.profile.runner import run_profiles
     from cmt_gen.profile.settings import resolve_settings
     from cmt_gen.profile.targets import target_from_spec
@@ -71,12 +77,14 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
     s = calibration.settings
     settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
                                 min_time=min_time, repeats=repeats)
+    warnings = check_compatible(calibration, source=source, force=force)
     run = run_profiles([target_from_spec(r.spec) for r in rows], settings, progress=progress, measure_peak=False)
     for row, result in zip(rows, run.results, strict=False):
         if result.ok and result.batch_size == s.batch_size:
             row.measured_images_per_s = result.images_per_s
         else:
             row.measure_error = result.error or f"measured at batch {result.batch_size}, not {s.batch_size}"
+    return warnings
 
 
 def summary(rows: Sequence[PredictionRow], within: float = 0.10) -> dict:

@@ -22,8 +22,27 @@ class FitReport:
 
     coefficients: tuple[float, ...]
     samples: int
-    median_error: float  # |predicted / measured - 1| over the calibration's own samples
+    median_error: float  # |predicted / measured - 1| over all the calibration's own samples
     worst_error: float
+    outliers: int = 0  # samples left out of the final fit (still counted in the errors)
+
+
+def fit_robust(rows: Sequence[Sequence[float]], seconds: Sequence[float]) -> FitReport:
+    """`fit_nonnegative`, then once more without the timings a burst of other load disturbed.
+
+    A timing whose error is over 3x the median error (and over 10%) is left out of the
+    second fit, at most a tenth of them; the errors reported still cover every sample.
+    """
+    first = fit_nonnegative(rows, seconds)
+    errors = [abs(predict(first.coefficients, r) / t - 1) for r, t in zip(rows, seconds, strict=True)]
+    limit = max(3 * first.median_error, 0.10)
+    worst = sorted(range(len(rows)), key=lambda i: -errors[i])[: len(rows) // 10]
+    drop = {i for i in worst if errors[i] > limit}
+    if not drop or len(rows) - len(drop) < len(rows[0]):
+        return first
+    kept = [i for i in range(len(rows)) if i not in drop]
+    second = fit_nonnegative([rows[i] for i in kept], [seconds[i] for i in kept])
+    return _report(second.coefficients, rows, seconds, len(drop))
 
 
 def fit_nonnegative(rows: Sequence[Sequence[float]], seconds: Sequence[float]) -> FitReport:
@@ -36,12 +55,14 @@ def fit_nonnegative(rows: Sequence[Sequence[float]], seconds: Sequence[float]) -
     ata = [[sum(row[i] * row[j] for row in a) for j in range(k)] for i in range(k)]
     atb = [sum(row[i] for row in a) for i in range(k)]  # b = measured / measured = 1
     x = _nnls(ata, atb)
-    coefficients = tuple(x[j] / scale[j] for j in range(k))
-    errors = [abs(predict(coefficients, r) / t - 1) for r, t in zip(rows, seconds, strict=True)]
-    ordered = sorted(errors)
+    return _report(tuple(x[j] / scale[j] for j in range(k)), rows, seconds)
+
+
+def _report(coefficients: tuple[float, ...], rows, seconds, outliers: int = 0) -> FitReport:
+    ordered = sorted(abs(predict(coefficients, r) / t - 1) for r, t in zip(rows, seconds, strict=True))
     mid = len(ordered) // 2
     med = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return FitReport(coefficients, len(rows), med, ordered[-1])
+    return FitReport(coefficients, len(rows), med, ordered[-1], outliers)
 
 
 def predict(coefficients: Sequence[float], features: Sequence[float]) -> float:
