@@ -1,6 +1,6 @@
-"""Find CMT specs that meet a parameter and MAC budget, with the exact analytic counter.
+"""Find CMT specs that meet a parameter, MAC and speed budget, with the exact analytic counter.
 
-Budgets are parsed in `cmt_gen.design.constraints`.
+Budgets are parsed in `cmt_gen.design.constraints` (speed: `cmt_gen.design.speed`).
 
 Design space around a base spec (default: the bundled spec nearest the
 budget): width multipliers 0.25-4 (rounded as in `cmt_gen.design.scaling`), one
@@ -13,8 +13,8 @@ head and block options stay as in the base.
 How it searches. The cost of a spec is linear in its depths:
 cost = fixed(resolution, widths) + sum_i depth_i * block_i(resolution, width_i,
 hidden_i), where `fixed` and `block_i` come from the very functions
-`analytic_cost` sums (`CostModel`). So for every resolution, width and
-expansion the deepest stage's depth that meets both budgets is an interval
+`analytic_cost` sums (`CostModel`); predicted latency too (`SpeedModel`). So for
+every resolution, width and expansion the deepest stage's depth that meets the budgets is an interval
 solved in closed form, and thousands of designs cost microseconds each. A
 second pass moves each of the best designs' other depths by one, the
 expansion by 0.125 and the width by one rounding step. Every design returned
