@@ -68,6 +68,9 @@ def calibrate(
         table.add_row(kind, str(model.samples), str(model.outliers), f"{model.median_error * 100:.1f}%",
                       f"{model.worst_error * 100:.1f}%")
     console.print(table)
+    refs = ", ".join(f"{r.name}@{r.resolution} {r.measured_seconds / r.parts_seconds:.3f}"
+                     for r in calibration.references)
+    console.print(f"network factor {calibration.network_factor:.3f} (whole network / sum of its parts: {refs})")
     console.print(f"wrote {escape(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
                   "timings; cmt-gen predict --measure checks whole networks)")
 

@@ -33,6 +33,7 @@ TRUE = {
     "head": (1e-4, 5e-11, 1e-9, 0.0),
 }
 BATCH = 4
+FACTOR = 1.07  # a whole network runs 7% slower than its parts timed alone
 
 
 def fake_timer(part: PartShape) -> float:
@@ -43,7 +44,8 @@ def fake_timer(part: PartShape) -> float:
 def calibration() -> Calibration:
     from cmt_gen.latency.calibrate import calibrate
 
-    return calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=6, timer=fake_timer)
+    return calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=6, timer=fake_timer,
+                     network_timer=lambda spec: FACTOR * sum(n * fake_timer(p) for p, n in spec_parts(spec)))
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +73,10 @@ def test_fit_recovers_representable_timings_exactly(calibration):
 
 
 def test_prediction_is_the_sum_of_its_parts_exactly(calibration):
+    assert calibration.network_factor == pytest.approx(FACTOR, rel=1e-6)
+    assert [r.name for r in calibration.references] == ["cmt_ti", "cmt_xs", "cmt_ti"]
     for spec in (load_spec("cmt_xs"), load_spec(tiny_spec_dict())):
-        expected = sum(calls * fake_timer(part) for part, calls in spec_parts(spec))
+        expected = FACTOR * sum(calls * fake_timer(part) for part, calls in spec_parts(spec))
         got = predict_latency(spec, calibration)
         assert got.seconds == pytest.approx(expected, rel=1e-6)
         assert got.images_per_s == pytest.approx(BATCH / expected, rel=1e-6)

@@ -8,8 +8,14 @@ reduction. Draws are stratified over map sizes and seeded, so two calibrations
 time the same shapes. Stems, patch aggregations and heads are sampled the same
 way. A block over `MAX_MACS_PER_IMAGE` is redrawn to keep the run short.
 
-The timer is a parameter: `TorchPartTimer` measures on the device, and a
-test's fake timer makes the whole pipeline checkable exactly.
+Last, a few whole reference networks (CMT-Ti, CMT-XS, CMT-Ti at 224 px) are
+timed and compared with the sum of their fitted parts: the median ratio is the
+calibration's `network_factor`, what running blocks back to back inside one
+network (caches holding other blocks' weights, the glue between stages) costs
+beyond timing each alone. It multiplies every prediction.
+
+The timers are parameters: `TorchPartTimer` measures on the device, and a
+test's fake timers make the whole pipeline checkable exactly.
 """
 
 from __future__ import annotations
@@ -34,9 +40,11 @@ STAGE_REDUCTIONS = (8, 4, 2, 1)
 STAGE_CHANNELS = (64, 128, 256, 512)  # CMT-S; sampled from 0.3x to 2.2x
 RESOLUTIONS = tuple(range(64, 321, 32))  # small inputs pin down the per-call overhead
 MAX_MACS_PER_IMAGE = 700e6
+REFERENCE_NETWORKS = (("cmt_ti", None), ("cmt_xs", None), ("cmt_ti", 224))
 DEFAULT_BLOCKS_PER_STAGE = 24
 
 PartTimer = Callable[[PartShape], float]
+NetworkTimer = Callable[[object], float]  # a CMTSpec -> seconds per call
 Progress = Callable[[int, int, str], None]
 
 
@@ -103,12 +111,14 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
               threads: int | None = None, form: str = "as-built", blocks_per_stage: int = DEFAULT_BLOCKS_PER_STAGE,
               min_time: float = 0.15, repeats: int = 3, seed: int = 0, timer: PartTimer | None = None,
-              progress: Progress | None = None) -> Calibration:
+              network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks on the device, fit per kind, return the calibration.
 
     Device, precision, batch size and threads resolve as for `cmt-gen profile`
     (batch 8 on CPU by default). `timer` replaces the device measurement
-    (seconds per call of a part); tests pass a synthetic one.
+    (seconds per call of a part) and `network_timer` that of the reference
+    networks; tests pass synthetic ones. A `timer` without a `network_timer`
+    leaves the network factor at 1.
     """
     from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
     from cmt_gen.profile.bench import device_flags, thread_count
@@ -130,7 +140,9 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         from cmt_gen.profile.env import fingerprint
 
         environment = fingerprint(settings.device)
-        measure = timer or TorchPartTimer(settings, BlockOptions(), min_time=min_time, repeats=repeats)
+        device_timer = TorchPartTimer(settings, BlockOptions(), min_time=min_time, repeats=repeats)
+        measure = timer or device_timer
+        whole = network_timer or (None if timer else device_timer.network)
         # Timed in a shuffled order, so a burst of other load on the machine spreads over every kind
         # and size of block instead of biasing one stage's.
         order = list(range(len(plan)))
@@ -147,17 +159,40 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         measured = [(plan[i], times[i]) for i in range(len(plan))]
         if progress:
             progress(len(plan), len(plan), "fitting")
-    models = fit_parts(measured, settings.batch_size)
+        models = fit_parts(measured, settings.batch_size)
+        references = _reference_times(whole, models, settings.batch_size, progress, len(plan))
+    ratios = sorted(r["measured_seconds"] / r["parts_seconds"] for r in references)
+    factor = ratios[len(ratios) // 2] if ratios else 1.0
     return Calibration(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings={"device": settings.device, "device_type": settings.device_type, "precision": settings.precision,
                   "batch_size": settings.batch_size, "threads": settings.threads, "form": form},
         machine=environment.get("device_name") or environment.get("cpu") or "unknown",
         torch_version=installed_torch_version() or environment.get("torch", "unknown"),
-        environment=environment, parts=models,
+        environment=environment, parts=models, network_factor=factor, references=references,
         measurements=[{"kind": p.kind, "shape": _shape_dict(p), "seconds": s} for p, s in measured],
         seconds=time.perf_counter() - started,
     )
+
+
+def _reference_times(whole: NetworkTimer | None, models: dict, batch: int, progress: Progress | None,
+                     done: int) -> list[dict]:
+    """Each reference network's measured seconds beside the sum of its fitted parts."""
+    if whole is None:
+        return []
+    from cmt_gen.latency.features import spec_parts
+    from cmt_gen.latency.fit import predict
+    from cmt_gen.spec.loading import load_spec
+
+    found = []
+    for name, resolution in REFERENCE_NETWORKS:
+        spec = load_spec(name, None if resolution is None else [f"resolution={resolution}"])
+        if progress:
+            progress(done, done, f"reference network {name} at {spec.resolution} px")
+        parts = sum(calls * predict(models[p.kind].coefficients, p.features(batch)) for p, calls in spec_parts(spec))
+        found.append({"name": name, "resolution": spec.resolution, "measured_seconds": float(whole(spec)),
+                      "parts_seconds": parts})
+    return found
 
 
 def _shape_dict(part: PartShape) -> dict:

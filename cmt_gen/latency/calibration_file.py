@@ -57,6 +57,15 @@ class Measurement(_Strict):
     seconds: float = Field(gt=0)
 
 
+class ReferenceTiming(_Strict):
+    """A whole network timed during calibration, beside the sum of its fitted parts."""
+
+    name: str
+    resolution: int = Field(gt=0)
+    measured_seconds: float = Field(gt=0)
+    parts_seconds: float = Field(gt=0)
+
+
 class CalibrationSettings(_Strict):
     device: str
     device_type: Literal["cpu", "cuda", "mps"]
@@ -85,6 +94,8 @@ class Calibration(_Strict):
     torch_version: str
     environment: dict[str, Any] = Field(default_factory=dict)
     parts: dict[str, PartModel]
+    network_factor: float = Field(1.0, gt=0, description="Whole network / sum of its parts, on the references.")
+    references: list[ReferenceTiming] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)
     seconds: float = Field(0.0, ge=0, description="How long the calibration took.")
 

@@ -37,6 +37,19 @@ class TorchPartTimer:
         self.clock = Clock(settings.device)
 
     def __call__(self, part: PartShape) -> float:
+        return self.time_module(*build_part(part, self.options, self.settings.batch_size))
+
+    def network(self, spec) -> float:
+        """Seconds per call of a whole network (the calibration's reference networks), timed twice as long."""
+        import torch
+
+        from cmt_gen.model.network import build_model
+
+        x = torch.randn(self.settings.batch_size, spec.in_channels, spec.resolution, spec.resolution)
+        return self.time_module(build_model(spec), [x], 2 * self.min_time)
+
+    def time_module(self, module, inputs: list, min_time: float | None = None) -> float:
+        """Place a module and its inputs for the settings, then time calls like the profiler does."""
         import contextlib
 
         import torch
@@ -44,7 +57,6 @@ class TorchPartTimer:
         s = self.settings
         amp = s.precision == "amp"
         dtype = torch.float32 if amp else getattr(torch, s.compute_dtype)
-        module, inputs = build_part(part, self.options, s.batch_size)
         module = module.to(device=s.device, dtype=dtype).eval()
         inputs = [t.to(device=s.device, dtype=dtype) if torch.is_tensor(t) and t.is_floating_point() else t
                   for t in inputs]
@@ -53,7 +65,8 @@ class TorchPartTimer:
             if amp:
                 stack.enter_context(torch.autocast(s.device_type, dtype=getattr(torch, s.compute_dtype)))
             run = measure_throughput(lambda: module(*inputs), s.batch_size, self.clock, warmup=self.warmup,
-                                     iters=1, min_time=self.min_time, repeats=self.repeats)
+                                     iters=1, min_time=self.min_time if min_time is None else min_time,
+                                     repeats=self.repeats)
         # Other load on the machine only ever slows a kernel down: the fastest repeat is the
         # least disturbed estimate of the block's own time.
         return s.batch_size / max(run.rates)

@@ -39,9 +39,10 @@ class LatencyPrediction:
 
 
 def part_seconds(calibration: Calibration, part: PartShape) -> float:
-    """Fitted seconds of one call of a building block at the calibration's batch."""
+    """Seconds one call of a building block takes inside a network, at the calibration's batch:
+    its fitted time alone, times the calibration's network factor."""
     model = calibration.parts[part.kind]
-    return predict(model.coefficients, part.features(calibration.settings.batch_size))
+    return calibration.network_factor * predict(model.coefficients, part.features(calibration.settings.batch_size))
 
 
 def check_block_options(spec, calibration: Calibration, source: str = "calibration") -> None:
