@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_count
+from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_macs, fmt_params
 
 
 def register(app: typer.Typer) -> None:
@@ -38,8 +38,9 @@ def calibrate(
                                                                       "cmt-gen profile)."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads (CPU work)."),
     form: str = typer.Option("as-built", "--form", help="as-built (the trained network) or deploy."),
-    blocks: int = typer.Option(24, "--blocks", help="CMT blocks timed per stage position (more: a finer fit)."),
-    min_time: float = typer.Option(0.15, "--min-time", help="Seconds per timed repeat of each block."),
+    blocks: int = typer.Option(None, "--blocks", help="CMT blocks timed per stage position (default 24; more: a "
+                                                      "finer fit)."),
+    min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),
     output: Path = typer.Option(..., "--output", "-o", help="Calibration file to write (JSON, atomically)."),
 ) -> None:
     """Time CMT's building blocks on a device and fit a latency model (about 2 minutes on a 2-core CPU)."""
@@ -120,7 +121,7 @@ def predict(
     for column in columns:
         table.add_column(column, justify="left" if column == "spec" else "right")
     for r in rows:
-        cells = [escape(r.name), str(r.spec.resolution), fmt_count(r.params), fmt_count(r.macs),
+        cells = [escape(r.name), str(r.spec.resolution), fmt_params(r.params), fmt_macs(r.macs),
                  f"{r.prediction.latency_ms:,.1f}", f"{r.prediction.images_per_s:,.1f}"]
         if measure:
             cells += [f"{r.measured_images_per_s:,.1f}" if r.measured_images_per_s else escape(r.measure_error or "-"),

@@ -42,6 +42,7 @@ RESOLUTIONS = tuple(range(64, 321, 32))  # small inputs pin down the per-call ov
 MAX_MACS_PER_IMAGE = 700e6
 REFERENCE_NETWORKS = (("cmt_ti", None), ("cmt_xs", None), ("cmt_ti", 224))
 DEFAULT_BLOCKS_PER_STAGE = 24
+DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the fastest kept)
 
 PartTimer = Callable[[PartShape], float]
 NetworkTimer = Callable[[object], float]  # a CMTSpec -> seconds per call
@@ -109,8 +110,8 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
 
 
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-              threads: int | None = None, form: str = "as-built", blocks_per_stage: int = DEFAULT_BLOCKS_PER_STAGE,
-              min_time: float = 0.15, repeats: int = 3, seed: int = 0, timer: PartTimer | None = None,
+              threads: int | None = None, form: str = "as-built", blocks_per_stage: int | None = None,
+              min_time: float | None = None, repeats: int = 3, seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks on the device, fit per kind, return the calibration.
 
@@ -129,6 +130,8 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     if form == "deploy":  # hook: time the re-parameterised blocks once the deploy form exists (issue 10)
         raise CalibrationError("the deploy form is not available in this cmt-gen yet; use --form as-built",
                                field="form")
+    blocks_per_stage = DEFAULT_BLOCKS_PER_STAGE if blocks_per_stage is None else blocks_per_stage
+    min_time = DEFAULT_MIN_TIME if min_time is None else min_time
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 3:
         raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks")
     if not (math.isfinite(min_time) and min_time >= 0):
