@@ -411,11 +411,7 @@ def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None,
     expected = search.model.cost(shape)
     if (cost.params, cost.macs) != expected:
         raise RuntimeError(f"cost model {expected} disagrees with analytic_cost {(cost.params, cost.macs)}")
-    seconds = None
-    if search.speed_model is not None:
-        from cmt_gen.latency.predict import predict_latency
-
-        seconds = predict_latency(spec, search.speed_model.calibration).seconds
+    seconds = search.speed_model.predicted(spec) if search.speed_model is not None else None
     meets = all(c.meets(v) for c, v in ((params, cost.params), (macs, cost.macs)) if c is not None)
     if search.speed is not None:
         meets = meets and search.speed.meets(speed_value(search.speed, seconds, search.batch))

@@ -19,7 +19,7 @@ from cmt_gen.design.constraints import Constraint, _fraction, parse_budget
 from cmt_gen.design.scaling import DesignError, Shape
 from cmt_gen.latency.calibration_file import Calibration, check_compatible, load_calibration
 from cmt_gen.latency.features import PartShape
-from cmt_gen.latency.predict import check_block_options, part_seconds
+from cmt_gen.latency.predict import check_block_options, part_seconds, predict_latency
 from cmt_gen.spec.schema import CMTSpec
 
 DEFAULT_SPEED_TOLERANCE = 0.05
@@ -162,6 +162,10 @@ class SpeedModel:
                              reduction_kind=self.reduction_kind, lpu=self.lpu)
             known = self._block[key] = part_seconds(self.calibration, part)
         return known
+
+    def predicted(self, spec: CMTSpec) -> float:
+        """A built spec's predicted seconds, recounted part by part (`predict_latency`)."""
+        return predict_latency(spec, self.calibration).seconds
 
     def cost(self, shape: Shape) -> float:
         seconds = self.fixed(shape.resolution, shape.stem, shape.channels)

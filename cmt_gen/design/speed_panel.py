@@ -88,10 +88,15 @@ def draw_speed_panel(ax, panel: SpeedPanel) -> None:
                        color=colour, edgecolors="black", linewidths=0.6, zorder=5,
                        label="your specs, " + ("measured" if measured else "predicted"))
             for p in chosen:
-                ax.annotate(p.label, (p.macs / 1e9, p.images_per_s), xytext=(7, -10), textcoords="offset points",
-                            fontsize=8)
+                if p.label not in {f.label for f in family}:  # a bundled variant is already named
+                    ax.annotate(p.label, (p.macs / 1e9, p.images_per_s), xytext=(7, -10),
+                                textcoords="offset points", fontsize=8)
+    from matplotlib.ticker import FuncFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     values = [p.images_per_s for p in panel.points]
     ax.set_ylim(min(values) / 1.6, max(values) * 1.6)
     ax.set_xlabel("MACs (G)")
