@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_macs, fmt_params
+from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_macs, fmt_params, literal
 
 
 def register(app: typer.Typer) -> None:
@@ -55,13 +54,13 @@ def calibrate(
         task = bar.add_task("calibrating", total=None)
 
         def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"timing {escape(what)}")
+            bar.update(task, completed=done, total=total, description=f"timing {literal(what)}")
 
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
                                       form=form, blocks_per_stage=blocks, min_time=min_time, progress=progress)
     save_calibration(calibration, output)
     s = calibration.settings
-    table = Table(title=f"latency model of {escape(calibration.machine)} ({s.device}, {s.precision}, batch "
+    table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "
                         f"{s.batch_size}, threads {s.threads or 'default'})", title_justify="left")
     for column in ("part", "timed", "left out", "median error", "worst error"):
         table.add_column(column, justify="left" if column == "part" else "right")
@@ -72,7 +71,7 @@ def calibrate(
     refs = ", ".join(f"{r.name}@{r.resolution} {r.measured_seconds / r.parts_seconds:.3f}"
                      for r in calibration.references)
     console.print(f"network factor {calibration.network_factor:.3f} (whole network / sum of its parts: {refs})")
-    console.print(f"wrote {escape(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
+    console.print(f"wrote {literal(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
                   "timings; cmt-gen predict --measure checks whole networks)")
 
 
@@ -100,20 +99,20 @@ def predict(
     warned = check_compatible(cal, source=str(calibration), precision=precision, batch_size=batch_size,
                               threads=threads, force=force)
     for warning in warned:
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     rows = predict_rows([load_spec(name, overrides) for name in specs], cal)
     if measure:
         with console.status("measuring") as status:
             more = measure_rows(rows, cal, min_time=min_time, force=force, source=str(calibration),
                                 progress=lambda i, what: status.update(
-                                    f"measuring {rows[i].name if i >= 0 else ''}: {escape(what)}"))
+                                    f"measuring {rows[i].name if i >= 0 else ''}: {literal(what)}"))
         for warning in more:
             if warning not in warned:
-                err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+                err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     if json_path is not None:
         emit_json([r.as_dict() for r in rows], json_path)
     s = cal.settings
-    table = Table(title=f"predicted on {escape(cal.machine)} ({s.device}, {s.precision}, batch {s.batch_size}, "
+    table = Table(title=f"predicted on {literal(cal.machine)} ({s.device}, {s.precision}, batch {s.batch_size}, "
                         f"threads {s.threads or 'default'})", title_justify="left")
     columns = ["spec", "px", "params", "MACs", "ms/batch", "img/s"]
     if measure:
@@ -121,12 +120,12 @@ def predict(
     for column in columns:
         table.add_column(column, justify="left" if column == "spec" else "right")
     for r in rows:
-        cells = [escape(r.name), str(r.spec.resolution), fmt_params(r.params), fmt_macs(r.macs),
+        cells = [literal(r.name), str(r.spec.resolution), fmt_params(r.params), fmt_macs(r.macs),
                  f"{r.prediction.latency_ms:,.1f}", f"{r.prediction.images_per_s:,.1f}"]
         if measure:
-            cells += [f"{r.measured_images_per_s:,.1f}" if r.measured_images_per_s else escape(r.measure_error or "-"),
+            cells += [f"{r.measured_images_per_s:,.1f}" if r.measured_images_per_s else literal(r.measure_error or "-"),
                       f"{r.error * 100:+.1f}%" if r.error is not None else "-"]
         table.add_row(*cells)
     console.print(table)
     if json_path is not None:
-        console.print(f"wrote {escape(str(json_path))}")
+        console.print(f"wrote {literal(str(json_path))}")
