@@ -56,9 +56,16 @@ def _root(
 
 
 def _register() -> None:
-    from cmt_gen.cli import check_command, design_commands, export_command, profile_command, spec_commands
+    from cmt_gen.cli import (
+        check_command,
+        design_commands,
+        export_command,
+        latency_commands,
+        profile_command,
+        spec_commands,
+    )
 
-    for module in (spec_commands, check_command, profile_command, export_command, design_commands):
+    for module in (spec_commands, check_command, profile_command, export_command, design_commands, latency_commands):
         module.register(app)
 
 

@@ -27,6 +27,7 @@ from cmt_gen.cli.common import (
 DIVISOR_HELP = ("Channels become multiples of lcm(heads, DIVISOR); 8 suits tensor cores. A width factor of "
                 "exactly 1 keeps the base's channels (CMT's 46, 52, 76 are not multiples of 8).")
 RANGE_HELP = "a target, met within --tolerance, or a range MIN..MAX (either end may be left out)"
+CALIBRATION_HELP = "Latency model of the target device, written by cmt-gen calibrate (JSON)."
 
 
 def register(app: typer.Typer) -> None:
@@ -128,8 +129,14 @@ def design(
     name: str = typer.Option(None, "--name", help="Name of the written spec (default: the file's stem)."),
     output: Path = typer.Option(None, "--output", "-o", help="Write the best design here (YAML, atomically)."),
     as_json: bool = typer.Option(False, "--json", help="Print the ranked designs as JSON."),
+    throughput: str = typer.Option(None, "--throughput",
+                                   help=f"Images/s predicted on the calibrated device, e.g. 40 or 30..: {RANGE_HELP}."),
+    latency: str = typer.Option(None, "--latency",
+                                help=f"Predicted latency per batch, e.g. 25ms or ..25ms: {RANGE_HELP}."),
+    calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP),
+    force: bool = typer.Option(False, "--force", help="Use a calibration made on another machine or torch."),
 ) -> None:
-    """Search width, depths, resolution and expansion for specs that meet a params/MACs budget.
+    """Search width, depths, resolution and expansion for specs that meet a params/MACs/speed budget.
 
     Exits 1 (showing the nearest designs) when no legal spec meets the budget,
     2 when the budget is impossible or malformed.
@@ -144,7 +151,10 @@ def design(
     if output is not None:
         check_spec_path(output, inputs=base_files(base))
     result = design_specs(base, params=params, macs=macs, resolution=resolution, top=top, tolerance=tolerance,
-                          divisor=divisor, name=name or (output.stem if output is not None else None))
+                          divisor=divisor, name=name or (output.stem if output is not None else None),
+                          throughput=throughput, latency=latency, calibration=calibration, force=force)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     if as_json:
         emit_json(_design_json(result))
     else:
@@ -170,9 +180,16 @@ def _design_json(result) -> dict:
         "designs": [{"rank": k, "params": d.params, "macs": d.macs, "meets": d.meets, "score": round(d.score, 4),
                      "resolution": d.spec.resolution, "stem": d.spec.stem.channels,
                      "channels": [s.channels for s in d.spec.stages], "depths": [s.depth for s in d.spec.stages],
-                     "expansion": [s.expansion for s in d.spec.stages]}
+                     "expansion": [s.expansion for s in d.spec.stages], **_speed_json(d, result.batch_size)}
                     for k, d in enumerate(result.designs, 1)],
     }
+
+
+def _speed_json(design, batch: int | None) -> dict:
+    if design.seconds is None:
+        return {}
+    return {"predicted_latency_ms": design.seconds * 1000, "predicted_images_per_s": batch / design.seconds,
+            "batch_size": batch}
 
 
 def _print_designs(result) -> None:
@@ -183,16 +200,24 @@ def _print_designs(result) -> None:
                   f"{result.evaluated:,} designs evaluated in {result.seconds:.2f} s")
     title = "designs meeting the budget, best first" if result.feasible else "nearest designs (none meets the budget)"
     table = Table(title=title, title_justify="left")
-    for column in ("#", "px", "stem", "channels", "depths", "E", "params", "vs budget", "MACs", "vs budget",
-                   "score"):
+    speed = result.batch_size is not None
+    columns = ["#", "px", "stem", "channels", "depths", "E", "params", "vs budget", "MACs", "vs budget"]
+    if speed:
+        columns += [f"img/s (batch {result.batch_size})", "ms/batch", "vs budget"]
+    for column in (*columns, "score"):
         table.add_column(column, justify="right")
     for k, d in enumerate(result.designs, 1):
         s = d.spec
-        table.add_row(str(k), str(s.resolution), str(s.stem.channels), _join(st.channels for st in s.stages),
-                      _join(st.depth for st in s.stages), f"{s.stages[0].expansion:g}", fmt_params(d.params),
-                      d.delta(result.params), fmt_macs(d.macs, 3), d.delta(result.macs), f"{d.score:.3f}",
-                      style=None if d.meets else "red")
+        cells = [str(k), str(s.resolution), str(s.stem.channels), _join(st.channels for st in s.stages),
+                 _join(st.depth for st in s.stages), f"{s.stages[0].expansion:g}", fmt_params(d.params),
+                 d.delta(result.params), fmt_macs(d.macs, 3), d.delta(result.macs)]
+        if speed:
+            cells += [f"{result.batch_size / d.seconds:,.1f}", f"{d.seconds * 1000:,.1f}",
+                      d.delta(result.speed, result.batch_size)]
+        table.add_row(*cells, f"{d.score:.3f}", style=None if d.meets else "red")
     console.print(table)
+    if speed:
+        console.print("img/s and ms/batch are predicted from the calibration (cmt-gen predict --measure checks them).")
     console.print("score: lower is better (distance from the base's proportions plus budget fit; a design "
                   "outside the budget adds 100 x its relative miss); MACs = Table 2's FLOPs.")
 
@@ -213,10 +238,14 @@ def sample(
     tolerance: str = typer.Option(None, "--tolerance", help="Slack of single-value targets (default 1%,2%)."),
     divisor: int = typer.Option(8, "--divisor", help=DIVISOR_HELP),
     output: Path = typer.Option(..., "--output", "-o", help="JSONL file: one spec and its cost per line."),
+    calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP + " Adds predicted speed "
+                                                                                    "to each row."),
+    force: bool = typer.Option(False, "--force", help="Use a calibration made on another machine or torch."),
 ) -> None:
     """Draw random legal specs around a base, keep those within the budget, write JSONL."""
     from cmt_gen.design.sampling import sample_specs
     from cmt_gen.design.scaling import DesignError
+    from cmt_gen.design.speed import checked_calibration
     from cmt_gen.files import write_atomic
 
     if output.suffix.lower() not in (".jsonl", ".ndjson"):
@@ -225,10 +254,14 @@ def sample(
     from cmt_gen.files import check_output_target
 
     check_output_target(output, inputs=base_files(base))
+    cal, warnings = checked_calibration(calibration, force)
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     result = sample_specs(base, n, seed=seed, params=params, macs=macs, resolution=resolution, tolerance=tolerance,
                           width_range=_multipliers(width_range, "--width-range"),
                           depth_range=_multipliers(depth_range, "--depth-range"),
-                          expansion_range=_multipliers(expansion_range, "--expansion-range"), divisor=divisor)
+                          expansion_range=_multipliers(expansion_range, "--expansion-range"), divisor=divisor,
+                          calibration=cal)
     if not result.complete:
         budget = ", ".join(f"{c.label} {c.describe()}" for c in result.constraints) or "no budget"
         err_console.print(f"[bold red]only {len(result.samples)} of {n}[/] distinct specs around "
@@ -238,13 +271,15 @@ def sample(
     write_atomic(output, result.jsonl())
     table = Table(title=f"{n} specs from {literal(result.base_label)}, seed {seed} ({result.tries:,} draws)",
                   title_justify="left")
-    for column in ("name", "px", "channels", "depths", "E", "params", "MACs"):
+    columns = ["name", "px", "channels", "depths", "E", "params", "MACs"] + (["img/s (predicted)"] if cal else [])
+    for column in columns:
         table.add_column(column, justify="left" if column == "name" else "right")
     for s in result.samples[:10]:
+        speed = [f"{s.speed['images_per_s']:,.1f}"] if s.speed else []
         table.add_row(literal(s.spec.name), str(s.spec.resolution), _join(st.channels for st in s.spec.stages),
-                      _join(s.depths), f"{s.expansion:g}", fmt_params(s.params), fmt_macs(s.macs))
+                      _join(s.depths), f"{s.expansion:g}", fmt_params(s.params), fmt_macs(s.macs), *speed)
     if n > 10:
-        table.add_row(f"... {n - 10} more", "", "", "", "", "", "")
+        table.add_row(f"... {n - 10} more", *[""] * (len(columns) - 1))
     console.print(table)
     console.print(f"wrote {literal(str(output))}: {n} validated specs, one JSON record per line")
 
@@ -270,9 +305,13 @@ def compare(
     only_diff: bool = typer.Option(False, "--diff", help="Show only the rows that differ."),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP + " Applied to every spec."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    calibration: Path = typer.Option(None, "--calibration", help=CALIBRATION_HELP + " With --plot, adds a "
+                                     "panel of predicted images/s against MACs (measured where --profile has it)."),
+    force: bool = typer.Option(False, "--force", help="Use a calibration made on another machine or torch."),
 ) -> None:
     """Specs side by side, stage by stage, with differences highlighted; optionally a plot."""
     from cmt_gen.design.compare import compare_specs, table2_points
+    from cmt_gen.design.speed import checked_calibration
 
     if plot is not None:
         from cmt_gen.design.plotting import check_plot_path
@@ -281,6 +320,9 @@ def compare(
 
         check_plot_path(plot)
         check_output_target(plot, inputs=[profile, *(f for s in specs for f in spec_files(s))])
+    cal, warnings = checked_calibration(calibration, force)
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     result = compare_specs(specs, profile, overrides)
     if as_json:
         emit_json(result.as_dict())
@@ -293,9 +335,23 @@ def compare(
         speeds = result.throughput or [None] * len(result.specs)
         points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None, spec.resolution)
                   for spec, cost, t in zip(result.specs, result.costs, speeds, strict=True)]
-        plot_cost_map(plot, points, table2_points(), speed_title=speed_title(speeds))
+        from cmt_gen.design.speed_panel import speed_panel
+
+        panel = speed_panel(result.specs, result.costs, speeds, cal, _family_speeds(profile))
+        plot_cost_map(plot, points, table2_points(), speed_title=speed_title(speeds), speed=panel)
         if not as_json:
             console.print(f"saved plot to {literal(str(plot))}")
+
+
+def _family_speeds(profile: Path | None) -> dict[str, float]:
+    """Measured images/s of bundled variants found in a profile file."""
+    if profile is None:
+        return {}
+    from cmt_gen.design.compare import load_profile
+    from cmt_gen.spec.bundled import bundled_names
+
+    found = load_profile(profile)
+    return {name: found[name].images_per_second for name in bundled_names() if name in found}
 
 
 def _print_comparison(result, only_diff: bool) -> None:

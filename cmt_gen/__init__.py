@@ -20,6 +20,7 @@ _EXPORTS = {
     "check_budget": "cmt_gen.check.budget",
     "profile_model": "cmt_gen.profile.runner",
     "export_spec": "cmt_gen.export.job",
+    "predict_latency": "cmt_gen.latency.predict",
     "scale_spec": "cmt_gen.design.scaling",
     "design_specs": "cmt_gen.design.search",
 }

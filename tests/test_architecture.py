@@ -23,12 +23,12 @@ LAYERS = {
     "model": 3,
     "check": 4, "export": 4,
     "timm": 4,  # cmt_gen/timm.py: registers specs in timm's registry (beside check, above model)
-    "profile": 5,
+    "profile": 5, "latency": 5,
     "design": 6,
     "cli": 9,
 }
 # Layers whose import must never pull in torch (the CLI's light commands stand on them).
-TORCH_FREE = ("cmt_gen.spec", "cmt_gen.cost", "cmt_gen.design")
+TORCH_FREE = ("cmt_gen.spec", "cmt_gen.cost", "cmt_gen.design", "cmt_gen.latency")
 MAX_MODULE_LINES = 420
 
 

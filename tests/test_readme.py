@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,12 +27,13 @@ from conftest import REPO, subprocess_env
 README = REPO / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\s*$", re.S | re.M)
 # Blocks whose lines read what earlier lines wrote: run in order, in one folder.
-RECIPES = ("Designing variants",)
-# Lines slow enough on a 2-core CPU to leave to the full suite (they build and time large models or time
+RECIPES = ("Designing variants", "Designing for measured speed")
+# Lines slow enough on a 2-core CPU to leave to the full suite (they build and time large models, calibrate, or time
 # fresh interpreters).
-SLOW = ("cmt-gen profile", "benchmarks/")
+SLOW = ("cmt-gen profile", "cmt-gen calibrate", "benchmarks/")
 # Benchmarks are timed with fewer repeats here: what is tested is that the line runs.
-SHORT_RUNS = {"bench_cli_startup.py": ["--runs", "1"], "bench_check.py": ["--runs", "1", "--both-runs", "1"]}
+SHORT_RUNS = {"bench_cli_startup.py": ["--runs", "1"], "bench_check.py": ["--runs", "1", "--both-runs", "1"],
+              "bench_latency.py": ["--quick", "--out", str(Path(tempfile.gettempdir()) / "cmt_gen_bench_latency")]}
 
 
 @dataclass(frozen=True)
@@ -98,12 +100,16 @@ def _shell_cases() -> list:
 
 @pytest.fixture
 def small_budgets(monkeypatch):
-    """CPU profiling defaults cut to one call per repeat and one latency sample."""
+    """CPU profiling defaults cut to one call per repeat and one latency sample; a short calibration."""
     from cmt_gen.profile import settings
 
     monkeypatch.setitem(settings.DEVICE_DEFAULTS, "cpu", settings.DeviceDefaults(
         batch_size=1, warmup=0, iters=1, min_time=0.0, repeats=2, latency_warmup=0, latency_samples=1,
         latency_time=0.0, latency_max_samples=1))
+    from cmt_gen.latency import calibrate  # `cmt-gen calibrate`: fewer blocks, each timed once or twice
+
+    monkeypatch.setattr(calibrate, "DEFAULT_BLOCKS_PER_STAGE", 6)
+    monkeypatch.setattr(calibrate, "DEFAULT_MIN_TIME", 0.0)
 
 
 def _run_line(line: int, command: str, cli, folder: Path) -> None:

@@ -69,12 +69,20 @@ class Constraint:
     def label(self) -> str:
         return "MACs" if self.quantity == "macs" else self.quantity
 
+    def show(self, value: float, exact: bool = False) -> str:
+        """A value in this quantity's unit: 26.26M, 6.00G, 40 img/s, 25 ms (latency is held in seconds)."""
+        if self.quantity == "latency":
+            return f"{value * 1000:.4g} ms"
+        if self.quantity == "throughput":
+            return f"{value:.4g} img/s"
+        return quantity_text(value, self.quantity) if exact else format_in_unit(value, self.quantity)
+
     def describe(self) -> str:
         """The budget in its quantity's unit (params in M, MACs in G), e.g. '74.7M within 1%', '..6G'."""
         if self.target is not None:
-            return f"{quantity_text(self.target, self.quantity)} within {self.tolerance * 100:g}%"
-        low = format_in_unit(self.lo, self.quantity) if self.lo > 0 else ""
-        high = "" if math.isinf(self.hi) else format_in_unit(self.hi, self.quantity)
+            return f"{self.show(self.target, exact=True)} within {self.tolerance * 100:g}%"
+        low = self.show(self.lo) if self.lo > 0 else ""
+        high = "" if math.isinf(self.hi) else self.show(self.hi)
         return f"{low}..{high}"
 
 
@@ -86,7 +94,7 @@ def budget_record(*constraints: Constraint | None) -> dict[str, dict[str, str]]:
     """
     record: dict[str, dict[str, str]] = {}
     for c in constraints:
-        if c is None:
+        if c is None or c.quantity not in ("params", "macs"):  # speed holds for one calibration, not the spec
             continue
         if c.target is not None:
             record[c.quantity] = {"target": quantity_text(c.target, c.quantity),
@@ -108,8 +116,10 @@ def parse_tolerance(value: str | float | Sequence[float] | None) -> tuple[float,
         return DEFAULT_TOLERANCE
     if isinstance(value, str):
         parts = [p.strip() for p in value.split(",")]
-        if len(parts) not in (1, 2) or not all(parts):
-            raise DesignError(f"write a tolerance as 1% or 1%,2% (params, MACs), got {value!r}", field="tolerance")
+        if len(parts) not in (1, 2, 3) or not all(parts):
+            raise DesignError(f"write a tolerance as 1% or 1%,2% (params, MACs) or 1%,2%,5% (params, MACs, speed), "
+                              f"got {value!r}", field="tolerance")
+        parts = parts[:2]  # a third value is the speed tolerance (`parse_speed_tolerance`)
         fractions = [_fraction(p) for p in parts]
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         fractions = [float(value)]

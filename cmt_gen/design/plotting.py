@@ -83,13 +83,16 @@ def check_plot_path(path: str | Path) -> Path:
 
 
 def plot_cost_map(path: str | Path, points: Sequence[PlotPoint], references: Sequence[ReferencePoint],
-                  title: str | None = None, speed_title: str = "measured images/s") -> Path:
-    """Draw and atomically save the MACs-vs-params picture; returns the path written."""
+                  title: str | None = None, speed_title: str = "measured images/s", speed=None) -> Path:
+    """Draw and atomically save the MACs-vs-params picture; returns the path written.
+
+    `speed` (a `cmt_gen.design.speed_panel.SpeedPanel`) adds a second panel: images/s against MACs.
+    """
     from cmt_gen.files import write_atomic
 
     path = check_plot_path(path)
     plt = _pyplot()
-    fig = draw_cost_map(points, references, title=title, speed_title=speed_title)
+    fig = draw_cost_map(points, references, title=title, speed_title=speed_title, speed=speed)
     try:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=path.suffix.lower().lstrip("."))
@@ -100,14 +103,19 @@ def plot_cost_map(path: str | Path, points: Sequence[PlotPoint], references: Seq
 
 
 def draw_cost_map(points: Sequence[PlotPoint], references: Sequence[ReferencePoint], *, title: str | None = None,
-                  speed_title: str = "measured images/s"):
+                  speed_title: str = "measured images/s", speed=None):
     """The figure (not saved): one panel per axes, laid out first, labels placed last on the final layout.
 
     `speed_title` titles the colour bar; say where and how the speeds were measured (device, precision).
     """
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.4, 5.8), dpi=150)
+    fig, axes = plt.subplots(1, 2 if speed else 1, figsize=(16 if speed else 8.4, 5.8), dpi=150, squeeze=False)
+    ax = axes[0][0]
     labels = draw_cost_panel(fig, ax, points, references, speed_title=speed_title)
+    if speed is not None:
+        from cmt_gen.design.speed_panel import draw_speed_panel
+
+        draw_speed_panel(axes[0][1], speed)
     ax.set_title(title or "CMT designs: MACs against parameters", fontsize=11)
     fig.tight_layout()
     place_labels(fig, ax, labels, lines=family_lines(ax))

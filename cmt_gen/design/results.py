@@ -19,11 +19,20 @@ class Design:
     meets: bool
     score: float
     violation: float
+    seconds: float | None = None  # predicted batch latency, when the search had a calibration
 
-    def delta(self, constraint: Constraint | None) -> str:
+    def value(self, constraint: Constraint, batch: int | None = None) -> float:
+        """This design's value of a budget's quantity (speed: predicted, at the calibration's batch)."""
+        if constraint.quantity == "params":
+            return self.params
+        if constraint.quantity == "macs":
+            return self.macs
+        return self.seconds if constraint.quantity == "latency" else (batch or 1) / self.seconds
+
+    def delta(self, constraint: Constraint | None, batch: int | None = None) -> str:
         if constraint is None:
             return "-"
-        return constraint.delta(self.params if constraint.quantity == "params" else self.macs)
+        return constraint.delta(self.value(constraint, batch))
 
 
 @dataclass
@@ -40,6 +49,9 @@ class DesignResult:
     seconds: float
     space: Space
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    speed: Constraint | None = None  # throughput or latency, met by predicted speed
+    batch_size: int | None = None  # the calibration's batch, when there is one
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def best(self) -> Design | None:
@@ -47,5 +59,5 @@ class DesignResult:
 
     @property
     def constraints(self) -> list[Constraint]:
-        return [c for c in (self.params, self.macs) if c is not None]
+        return [c for c in (self.params, self.macs, self.speed) if c is not None]
 

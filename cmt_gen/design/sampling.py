@@ -27,6 +27,7 @@ from pathlib import Path
 
 from cmt_gen.design.constraints import Constraint, budget_record, parse_budget, parse_tolerance, resolution_choices
 from cmt_gen.design.cost_model import CostModel, check_multiplier_range
+from cmt_gen.design.reach import nearest_bundled
 from cmt_gen.design.scaling import (
     DEFAULT_DIVISOR,
     DesignError,
@@ -36,7 +37,6 @@ from cmt_gen.design.scaling import (
     resolve_base,
     scaled_widths,
 )
-from cmt_gen.design.search import nearest_bundled
 from cmt_gen.spec.quantity import format_in_unit
 from cmt_gen.spec.schema import CMTSpec
 
@@ -74,6 +74,7 @@ class Sample:
     width: float
     depths: tuple[int, ...]
     expansion: float
+    speed: dict | None = None  # predicted latency_ms, images_per_s and batch_size, given a calibration
 
     def record(self) -> dict:
         from cmt_gen.spec.serialize import spec_to_dict
@@ -81,7 +82,7 @@ class Sample:
         return {"index": self.index, "name": self.spec.name, "params": self.params, "macs": self.macs,
                 "activations": self.activations, "resolution": self.spec.resolution,
                 "width_multiplier": round(self.width, 4), "depths": list(self.depths), "expansion": self.expansion,
-                "spec": spec_to_dict(self.spec)}
+                **(self.speed or {}), "spec": spec_to_dict(self.spec)}
 
 
 @dataclass
@@ -114,6 +115,7 @@ def sample_specs(
     expansion_range: Sequence[float] = (2.0, 6.0),
     divisor: int = DEFAULT_DIVISOR,
     max_tries: int | None = None,
+    calibration=None,
 ) -> SampleResult:
     """Draw `n` distinct legal specs meeting the budget; deterministic for a seed.
 
@@ -122,7 +124,10 @@ def sample_specs(
     Stops after `max_tries` draws (default 1000 per sample, at least 20,000), or
     after STALL_TRIES draws in a row that add nothing (a small space holds fewer
     distinct specs than asked for); the result then holds fewer samples and
-    `complete` is False.
+    `complete` is False. With a
+    `calibration` (a `Calibration`, or a checked file: see
+    `cmt_gen.design.speed.checked_calibration`) each sample carries its
+    predicted speed.
     """
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SAMPLES:
         raise DesignError(f"the number of samples is a whole number from 1 to {MAX_SAMPLES}, got {n!r}", field="n")
@@ -168,6 +173,14 @@ def sample_specs(
         seen.add(shape)
         last_new = tries
         samples.append(_realise(spec, label, shape, len(samples), seed, width, expansion, budget_record(*constraints)))
+    if calibration is not None:
+        from cmt_gen.design.speed import checked_calibration
+        from cmt_gen.latency.predict import predict_latency
+
+        calibration, _ = checked_calibration(calibration, force=True)
+        for s in samples:
+            p = predict_latency(s.spec, calibration)
+            s.speed = {"latency_ms": p.latency_ms, "images_per_s": p.images_per_s, "batch_size": p.batch_size}
     return SampleResult(samples, n, tries, label, constraints)
 
 

@@ -1,6 +1,6 @@
-"""Find CMT specs that meet a parameter and MAC budget, with the exact analytic counter.
+"""Find CMT specs that meet a parameter, MAC and speed budget, with the exact analytic counter.
 
-Budgets are parsed in `cmt_gen.design.constraints`.
+Budgets are parsed in `cmt_gen.design.constraints` (speed: `cmt_gen.design.speed`).
 
 Design space around a base spec (default: the bundled spec nearest the
 budget): width multipliers 0.25-4 (rounded as in `cmt_gen.design.scaling`), one
@@ -13,8 +13,8 @@ head and block options stay as in the base.
 How it searches. The cost of a spec is linear in its depths:
 cost = fixed(resolution, widths) + sum_i depth_i * block_i(resolution, width_i,
 hidden_i), where `fixed` and `block_i` come from the very functions
-`analytic_cost` sums (`CostModel`). So for every resolution, width and
-expansion the deepest stage's depth that meets both budgets is an interval
+`analytic_cost` sums (`CostModel`); predicted latency too (`SpeedModel`). So for
+every resolution, width and expansion the deepest stage's depth that meets the budgets is an interval
 solved in closed form, and thousands of designs cost microseconds each. A
 second pass moves each of the best designs' other depths by one, the
 expansion by 0.125 and the width by one rounding step. Every design returned
@@ -45,6 +45,7 @@ from cmt_gen.design.constraints import (
     resolution_choices,
 )
 from cmt_gen.design.cost_model import CostModel, Space, build_space
+from cmt_gen.design.reach import nearest_bundled, refuse_impossible
 from cmt_gen.design.results import Design, DesignResult
 from cmt_gen.design.scaling import (
     DEFAULT_DIVISOR,
@@ -55,7 +56,15 @@ from cmt_gen.design.scaling import (
     resolve_base,
     round_depth,
 )
-from cmt_gen.spec.quantity import format_in_unit
+from cmt_gen.design.speed import (
+    SpeedModel,
+    checked_calibration,
+    parse_speed_budget,
+    parse_speed_tolerance,
+    seconds_bounds,
+    speed_value,
+)
+from cmt_gen.latency.calibration_file import Calibration
 from cmt_gen.spec.schema import CMTSpec
 
 # ---------------------------------------------------------------- search
@@ -74,6 +83,8 @@ class _Frame:
     width_log: float  # log multipliers against the base, for the penalty
     res_log: float
     expansion_term: float
+    seconds: float = 0.0  # predicted batch latency of everything but the blocks (with a speed budget)
+    block_seconds: tuple[float, ...] = ()
 
 
 class _Search:
@@ -81,9 +92,13 @@ class _Search:
 
     KEEP = 64
 
-    def __init__(self, base: CMTSpec, space: Space, params: Constraint | None, macs: Constraint | None):
+    def __init__(self, base: CMTSpec, space: Space, params: Constraint | None, macs: Constraint | None,
+                 speed: Constraint | None = None, speed_model: SpeedModel | None = None):
         self.base, self.space = base, space
         self.model = CostModel(base)
+        self.speed, self.speed_model = speed, speed_model
+        self.batch = speed_model.batch if speed_model else 1
+        self.l_lo, self.l_hi = seconds_bounds(speed, self.batch)
         self.p_lo, self.p_hi = (params.lo, params.hi) if params else (0.0, math.inf)
         self.m_lo, self.m_hi = (macs.lo, macs.hi) if macs else (0.0, math.inf)
         self.params, self.macs = params, macs
@@ -97,7 +112,7 @@ class _Search:
         self.seen: set[Shape] = set()
         self.evaluated = 0
         self.counter = 0
-        self.extremes = [math.inf, 0.0, math.inf, 0.0, math.inf, 0.0]  # params, macs, macs/param
+        self.extremes = [math.inf, 0.0, math.inf, 0.0, math.inf, 0.0, math.inf, 0.0]  # params, macs, macs/param, s
 
     def expansions(self, e: float) -> tuple[float, ...]:
         return tuple(e if r == 1.0 else round(e * r, 4) for r in self.e_ratios)
@@ -108,15 +123,23 @@ class _Search:
         params, macs = self.model.fixed(resolution, stem, channels)
         blocks = tuple(self.model.block(i, resolution, c, h) for i, (c, h) in enumerate(zip(channels, hiddens,
                                                                                                strict=True)))
+        seconds, block_seconds = 0.0, (0.0,) * len(channels)
+        if self.speed_model is not None:
+            seconds = self.speed_model.fixed(resolution, stem, channels)
+            block_seconds = tuple(self.speed_model.block(i, resolution, c, h)
+                                  for i, (c, h) in enumerate(zip(channels, hiddens, strict=True)))
         return _Frame(resolution, stem, channels, expansions, params, macs, blocks,
                       math.log(channels[0]) - self.log_c0, math.log(resolution) - self.log_res,
-                      abs(math.log(expansions[0]) - self.log_e))
+                      abs(math.log(expansions[0]) - self.log_e), seconds, block_seconds)
+
+    def seconds(self, shape: Shape) -> float:
+        return self.speed_model.cost(shape) if self.speed_model is not None else 0.0
 
     def penalty(self, shape: Shape, params: int, macs: int) -> float:
         frame = self.frame(shape.resolution, shape.stem, shape.channels, shape.expansions)
-        return self._penalty(frame, shape.depths, params, macs)
+        return self._penalty(frame, shape.depths, params, macs, self.seconds(shape))
 
-    def _penalty(self, frame: _Frame, depths: Sequence[int], params: int, macs: int) -> float:
+    def _penalty(self, frame: _Frame, depths: Sequence[int], params: int, macs: int, seconds: float = 0.0) -> float:
         logs = [math.log(d) - b for d, b in zip(depths, self.log_base_depths, strict=True)]
         n = len(logs)
         depth = sum(logs) / n
@@ -129,10 +152,15 @@ class _Search:
             fit += self.params.fit(params)
         if self.macs is not None:
             fit += self.macs.fit(macs)
+        if self.speed is not None:
+            fit += self.speed.fit(speed_value(self.speed, seconds, self.batch))
         return profile + balance + frame.expansion_term + fit
 
-    def violation(self, params: int, macs: int) -> float:
-        return sum(c.violation(v) for c, v in ((self.params, params), (self.macs, macs)) if c is not None)
+    def violation(self, params: int, macs: int, seconds: float = 0.0) -> float:
+        found = sum(c.violation(v) for c, v in ((self.params, params), (self.macs, macs)) if c is not None)
+        if self.speed is not None:
+            found += self.speed.violation(speed_value(self.speed, seconds, self.batch))
+        return found
 
     def _keep(self, heap: list, rank: float, shape: Shape, params: int, macs: int) -> None:
         self.counter += 1
@@ -142,16 +170,16 @@ class _Search:
         elif -rank > heap[0][0]:
             heapq.heapreplace(heap, item)
 
-    def consider(self, frame: _Frame, depths: tuple[int, ...], params: int, macs: int) -> None:
+    def consider(self, frame: _Frame, depths: tuple[int, ...], params: int, macs: int, seconds: float) -> None:
         self.evaluated += 1
         shape = Shape(frame.resolution, frame.stem, frame.channels, depths, frame.expansions)
         if shape in self.seen:
             return
         self.seen.add(shape)
-        if self.p_lo <= params <= self.p_hi and self.m_lo <= macs <= self.m_hi:
-            self._keep(self.best, self._penalty(frame, depths, params, macs), shape, params, macs)
+        if self.p_lo <= params <= self.p_hi and self.m_lo <= macs <= self.m_hi and self.l_lo <= seconds <= self.l_hi:
+            self._keep(self.best, self._penalty(frame, depths, params, macs, seconds), shape, params, macs)
         elif not self.best:
-            rank = self.violation(params, macs) * 100 + self._penalty(frame, depths, params, macs)
+            rank = self.violation(params, macs, seconds) * 100 + self._penalty(frame, depths, params, macs, seconds)
             self._keep(self.nearest, rank, shape, params, macs)
 
     def solve(self, frame: _Frame, others: tuple[int, ...]) -> bool:
@@ -163,19 +191,22 @@ class _Search:
         main = self.space.main
         depths = list(others)
         depths.insert(main, 0)
-        p0, m0 = frame.params, frame.macs
-        for d, (p, m) in zip(depths, frame.blocks, strict=True):
-            p0, m0 = p0 + d * p, m0 + d * m
+        p0, m0, l0 = frame.params, frame.macs, frame.seconds
+        for d, (p, m), s in zip(depths, frame.blocks, frame.block_seconds, strict=True):
+            p0, m0, l0 = p0 + d * p, m0 + d * m, l0 + d * s
         pj, mj = frame.blocks[main]
-        if p0 + pj > self.p_hi or m0 + mj > self.m_hi:
+        lj = frame.block_seconds[main]
+        if p0 + pj > self.p_hi or m0 + mj > self.m_hi or l0 + lj > self.l_hi:
             if not self.best:
                 depths[main] = 1
-                self.consider(frame, tuple(depths), p0 + pj, m0 + mj)
+                self.consider(frame, tuple(depths), p0 + pj, m0 + mj, l0 + lj)
             return False
         top = self.space.max_depths[main]
-        low = max(1, math.ceil((self.p_lo - p0) / pj), math.ceil((self.m_lo - m0) / mj))
+        low = max(1, math.ceil((self.p_lo - p0) / pj), math.ceil((self.m_lo - m0) / mj),
+                  math.ceil((self.l_lo - l0) / lj) if lj > 0 else 1)
         high = min(top, math.floor((self.p_hi - p0) / pj) if self.p_hi < math.inf else top,
-                   math.floor((self.m_hi - m0) / mj) if self.m_hi < math.inf else top)
+                   math.floor((self.m_hi - m0) / mj) if self.m_hi < math.inf else top,
+                   math.floor((self.l_hi - l0) / lj) if self.l_hi < math.inf and lj > 0 else top)
         if low <= high:
             if high - low <= 3:
                 picks = range(low, high + 1)
@@ -190,7 +221,7 @@ class _Search:
             picks = {min(top, max(1, low if low > top else high))}
         for d in picks:
             depths[main] = d
-            self.consider(frame, tuple(depths), p0 + d * pj, m0 + d * mj)
+            self.consider(frame, tuple(depths), p0 + d * pj, m0 + d * mj, l0 + d * lj)
         return True
 
     def _extremes(self, p_min: int, m_min: int, p_max: int, m_max: int) -> None:
@@ -257,6 +288,9 @@ class _Search:
                         shape = Shape(resolution, stem, channels, tuple(depths), self.expansions(e))
                         params, macs = self.model.cost(shape)
                         self._extremes(params, macs, params, macs)
+                        seconds = self.seconds(shape)
+                        self.extremes[6] = min(self.extremes[6], seconds)
+                        self.extremes[7] = max(self.extremes[7], seconds)
 
     def refine(self, rounds: int = 2) -> None:
         """Move the best designs one step along every axis; the deepest stage is solved again."""
@@ -293,29 +327,6 @@ def _neighbours(depths: list[int], limits: list[int]) -> Iterable[tuple[int, ...
     return combos
 
 
-def nearest_bundled(params: Constraint | None, macs: Constraint | None) -> tuple[CMTSpec, str]:
-    """The bundled spec whose cost is closest (in log terms) to the budget: the default base."""
-    from cmt_gen.cost.analytic import analytic_cost
-    from cmt_gen.spec.bundled import bundled_names
-    from cmt_gen.spec.loading import load_spec
-
-    def aim(c: Constraint) -> float:
-        if c.target is not None:
-            return c.target
-        return c.hi if c.lo <= 0 else (c.lo if math.isinf(c.hi) else math.sqrt(c.lo * c.hi))
-
-    best: tuple[float, str] | None = None
-    for name in bundled_names():
-        cost = analytic_cost(load_spec(name))
-        gap = sum(abs(math.log(max(v, 1.0) / max(aim(c), 1.0))) for c, v in ((params, cost.params),
-                  (macs, cost.macs)) if c is not None)
-        if best is None or gap < best[0]:
-            best = (gap, name)
-    if best is None:
-        raise DesignError("no bundled spec to start from; give --from", field="from")
-    return load_spec(best[1]), best[1]
-
-
 def design_specs(
     base: CMTSpec | str | Path | Mapping | None = None,
     *,
@@ -329,33 +340,44 @@ def design_specs(
     width_range: Sequence[float] = (0.25, 4.0),
     depth_range: Sequence[float] = (0.25, 4.0),
     expansion_range: Sequence[float] = (2.0, 6.0),
+    throughput: object = None,
+    latency: object = None,
+    calibration: Calibration | str | Path | None = None,
+    force: bool = False,
 ) -> DesignResult:
-    """Search specs around `base` for a params/MACs budget; ranked, validated designs.
+    """Search specs around `base` for a params/MACs/speed budget; ranked, validated designs.
 
     `params` and `macs` take a target (`'74.7M'`, 74.7e6), a range
-    (`'4G..6G'`, `(4e9, 6e9)`) or None. Raises `DesignError` for a budget no
-    design in the space can approach (impossible or contradictory); when the
-    budget is plausible but unmet, the result has `feasible=False` and the
-    nearest designs.
+    (`'4G..6G'`, `(4e9, 6e9)`) or None; so do `throughput` (images/s) and
+    `latency` (per batch: `'25ms'`, or seconds from Python), which need a
+    `calibration` (file or `Calibration`) and are met by predicted speed.
+    Raises `DesignError` for a budget no design in the space can approach
+    (impossible or contradictory); when the budget is plausible but unmet,
+    the result has `feasible=False` and the nearest designs.
     """
     start = time.perf_counter()
     p_tol, m_tol = parse_tolerance(tolerance)
     params_c = parse_budget("params", params, p_tol)
     macs_c = parse_budget("macs", macs, m_tol)
-    if params_c is None and macs_c is None:
+    calibration, warnings = checked_calibration(calibration, force)
+    speed_c = parse_speed_budget(throughput, latency, parse_speed_tolerance(tolerance), calibration)
+    if params_c is None and macs_c is None and speed_c is None:
         raise DesignError("give a budget: params, MACs or both (a target such as 20M or a range such as 4G..6G)",
                           field="budget")
     if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= 64:
         raise DesignError(f"top is a whole number from 1 to 64, got {top!r}", field="top")
-    spec, label = nearest_bundled(params_c, macs_c) if base is None else resolve_base(base)
+    spec, label = nearest_bundled(params_c, macs_c, speed_c, calibration) if base is None else resolve_base(base)
     divisor = check_divisor(divisor)
     space = build_space(spec, resolution_choices(spec, resolution), divisor, width_range, depth_range,
                         expansion_range)
-    search = _Search(spec, space, params_c, macs_c)
+    speed_model = SpeedModel(spec, calibration) if calibration is not None else None
+    search = _Search(spec, space, params_c, macs_c, speed_c, speed_model)
     search.reach()
     x = search.extremes
     bounds = {"params": (x[0], x[1]), "macs": (x[2], x[3]), "macs_per_param": (x[4], x[5])}
-    _refuse_impossible(spec, label, params_c, macs_c, bounds)
+    if speed_model is not None:
+        bounds["seconds"] = (x[6], x[7])
+    refuse_impossible(spec, label, params_c, macs_c, bounds, speed_c, search.batch)
     search.coarse()
     search.refine()
     feasible = bool(search.best)
@@ -364,46 +386,20 @@ def design_specs(
                for rank, (shape, _, _, _) in enumerate(ranked, 1)]
     designs.sort(key=lambda d: d.score)  # stable: ties keep the search's order
     return DesignResult(spec, label, params_c, macs_c, designs, feasible, search.evaluated,
-                        time.perf_counter() - start, space, bounds)
-
-
-def _refuse_impossible(spec: CMTSpec, label: str, params: Constraint | None, macs: Constraint | None,
-                       bounds: dict[str, tuple[float, float]]) -> None:
-    """Raise for a budget outside everything the space can reach: a user error, not a near miss.
-
-    Params and MACs bounds are exact (the space's smallest and largest
-    corners); the MACs-per-parameter range comes from corners only, so it
-    is given a factor of 2 of slack before a budget is called contradictory.
-    """
-    reach = f"designs around {label} (widths x0.25-4, depths x0.25-4, expansion 2-6)"
-    for c in (params, macs):
-        if c is None:
-            continue
-        low, high = bounds[c.quantity]
-        if c.hi < low or c.lo > high:  # exact: cost grows along every axis of the space
-            raise DesignError(
-                f"no CMT can meet {c.label} {c.describe()}: {reach} span {format_in_unit(low, c.quantity)}.."
-                f"{format_in_unit(high, c.quantity)}", field=f"--{c.quantity}")
-    if params is not None and macs is not None:
-        low, high = bounds["macs_per_param"]
-        want_low = macs.lo / params.hi
-        want_high = macs.hi / params.lo if params.lo > 0 else math.inf
-        if want_high < low * 0.5 or want_low > high * 2:
-            raise DesignError(
-                f"contradictory budget: params {params.describe()} with MACs {macs.describe()} asks for "
-                f"{want_low:,.0f}..{want_high:,.0f} MACs per parameter; {reach} have {low:,.0f}..{high:,.0f}",
-                field="budget")
+                        time.perf_counter() - start, space, bounds, speed=speed_c,
+                        batch_size=search.batch if speed_model else None, warnings=warnings)
 
 
 def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None, macs: Constraint | None,
              search: _Search, rank: int, name: str | None, divisor: int) -> Design:
-    """Turn a shape into a validated spec and recount it with `analytic_cost`."""
+    """Turn a shape into a validated spec and recount it with `analytic_cost` (and `predict_latency`)."""
     from cmt_gen.cost.analytic import analytic_cost
 
     # The score the designs are ranked by: a near miss also pays 100x its relative distance from the budget,
     # so the "nearest designs" table reads in order of its own score column.
-    score = search.penalty(shape, *search.model.cost(shape)) + 100 * search.violation(*search.model.cost(shape))
-    budget = ", ".join(f"{c.label} {c.describe()}" for c in (params, macs) if c is not None)
+    params_macs = search.model.cost(shape)
+    score = search.penalty(shape, *params_macs) + 100 * search.violation(*params_macs, search.seconds(shape))
+    budget = ", ".join(f"{c.label} {c.describe()}" for c in (params, macs, search.speed) if c is not None)
     width = shape.channels[0] / base.stages[0].channels
     summary = (f"designed by cmt-gen design from {label} for {budget} (rank {rank}, score {score:.3f}): "
                f"width x{width:.3f}, depths {list(shape.depths)}, expansion {shape.expansions[0]:g}, "
@@ -415,5 +411,9 @@ def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None,
     expected = search.model.cost(shape)
     if (cost.params, cost.macs) != expected:
         raise RuntimeError(f"cost model {expected} disagrees with analytic_cost {(cost.params, cost.macs)}")
+    seconds = search.speed_model.predicted(spec) if search.speed_model is not None else None
     meets = all(c.meets(v) for c, v in ((params, cost.params), (macs, cost.macs)) if c is not None)
-    return Design(spec, cost.params, cost.macs, meets, score, search.violation(cost.params, cost.macs))
+    if search.speed is not None:
+        meets = meets and search.speed.meets(speed_value(search.speed, seconds, search.batch))
+    return Design(spec, cost.params, cost.macs, meets, score, search.violation(cost.params, cost.macs, seconds or 0.0),
+                  seconds)

@@ -1,0 +1,131 @@
+"""`calibrate` and `predict`: a device's latency model for CMT blocks, and specs' predicted speed.
+
+`calibrate` imports torch inside the command; `predict` runs without torch
+unless `--measure` asks for the profiler's numbers beside the predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_macs, fmt_params, literal
+
+
+def register(app: typer.Typer) -> None:
+    app.command("calibrate")(calibrate)
+    app.command("predict")(predict)
+
+
+def _check_json_path(path: Path | None, what: str) -> None:
+    from cmt_gen.errors import CmtGenError
+
+    if path is None:
+        return
+    if path.suffix.lower() != ".json":
+        raise CmtGenError(f"{what} is written as .json, not {path.suffix or 'no suffix'}", source=str(path))
+    if not (path.parent if str(path.parent) else Path(".")).is_dir():
+        raise CmtGenError("output folder does not exist", source=str(path))
+
+
+def calibrate(
+    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option(None, "--precision", help="fp32 (default), fp16, bf16 or amp."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per call (default: by device, as "
+                                                                      "cmt-gen profile)."),
+    threads: int = typer.Option(None, "--threads", help="torch intra-op threads (CPU work)."),
+    form: str = typer.Option("as-built", "--form", help="as-built (the trained network) or deploy."),
+    blocks: int = typer.Option(None, "--blocks", help="CMT blocks timed per stage position (default 24; more: a "
+                                                      "finer fit)."),
+    min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Calibration file to write (JSON, atomically)."),
+) -> None:
+    """Time CMT's building blocks on a device and fit a latency model (about 2 minutes on a 2-core CPU)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cmt_gen.latency.calibrate import calibrate as run_calibration
+    from cmt_gen.latency.calibration_file import save_calibration
+
+    _check_json_path(output, "a calibration")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("calibrating", total=None)
+
+        def progress(done: int, total: int, what: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"timing {literal(what)}")
+
+        calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
+                                      form=form, blocks_per_stage=blocks, min_time=min_time, progress=progress)
+    save_calibration(calibration, output)
+    s = calibration.settings
+    table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "
+                        f"{s.batch_size}, threads {s.threads or 'default'})", title_justify="left")
+    for column in ("part", "timed", "left out", "median error", "worst error"):
+        table.add_column(column, justify="left" if column == "part" else "right")
+    for kind, model in calibration.parts.items():
+        table.add_row(kind, str(model.samples), str(model.outliers), f"{model.median_error * 100:.1f}%",
+                      f"{model.worst_error * 100:.1f}%")
+    console.print(table)
+    refs = ", ".join(f"{r.name}@{r.resolution} {r.measured_seconds / r.parts_seconds:.3f}"
+                     for r in calibration.references)
+    console.print(f"network factor {calibration.network_factor:.3f} (whole network / sum of its parts: {refs})")
+    console.print(f"wrote {literal(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
+                  "timings; cmt-gen predict --measure checks whole networks)")
+
+
+def predict(
+    specs: list[str] = typer.Argument(..., help="Spec names or YAML paths."),
+    calibration: Path = typer.Option(..., "--calibration", help="Written by cmt-gen calibrate on this device."),
+    measure: bool = typer.Option(False, "--measure", help="Also profile each spec here, with the calibration's "
+                                                          "settings, and show the error."),
+    json_path: Path = typer.Option(None, "--json", help="Write the rows as a JSON list (atomically)."),
+    overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
+    force: bool = typer.Option(False, "--force", help="Use a calibration made on another machine or torch."),
+    min_time: float = typer.Option(None, "--min-time", help="With --measure: seconds per timed repeat."),
+    precision: str = typer.Option(None, "--precision", help="The precision you will run at (checked against the "
+                                                            "calibration's)."),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="The batch you will run at (checked)."),
+    threads: int = typer.Option(None, "--threads", help="The thread count you will run at (checked)."),
+) -> None:
+    """Predicted batch latency and images/s of specs, from a calibration, without building them."""
+    from cmt_gen.latency.calibration_file import check_compatible, load_calibration
+    from cmt_gen.latency.evaluate import measure_rows, predict_rows
+    from cmt_gen.spec.loading import load_spec
+
+    _check_json_path(json_path, "the rows")
+    cal = load_calibration(calibration)
+    warned = check_compatible(cal, source=str(calibration), precision=precision, batch_size=batch_size,
+                              threads=threads, force=force)
+    for warning in warned:
+        err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
+    rows = predict_rows([load_spec(name, overrides) for name in specs], cal)
+    if measure:
+        with console.status("measuring") as status:
+            more = measure_rows(rows, cal, min_time=min_time, force=force, source=str(calibration),
+                                progress=lambda i, what: status.update(
+                                    f"measuring {rows[i].name if i >= 0 else ''}: {literal(what)}"))
+        for warning in more:
+            if warning not in warned:
+                err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
+    if json_path is not None:
+        emit_json([r.as_dict() for r in rows], json_path)
+    s = cal.settings
+    table = Table(title=f"predicted on {literal(cal.machine)} ({s.device}, {s.precision}, batch {s.batch_size}, "
+                        f"threads {s.threads or 'default'})", title_justify="left")
+    columns = ["spec", "px", "params", "MACs", "ms/batch", "img/s"]
+    if measure:
+        columns += ["measured img/s", "error"]
+    for column in columns:
+        table.add_column(column, justify="left" if column == "spec" else "right")
+    for r in rows:
+        cells = [literal(r.name), str(r.spec.resolution), fmt_params(r.params), fmt_macs(r.macs),
+                 f"{r.prediction.latency_ms:,.1f}", f"{r.prediction.images_per_s:,.1f}"]
+        if measure:
+            cells += [f"{r.measured_images_per_s:,.1f}" if r.measured_images_per_s else literal(r.measure_error or "-"),
+                      f"{r.error * 100:+.1f}%" if r.error is not None else "-"]
+        table.add_row(*cells)
+    console.print(table)
+    if json_path is not None:
+        console.print(f"wrote {literal(str(json_path))}")

@@ -1,0 +1,218 @@
+"""The calibration file: a fitted latency model with the settings and machine it holds for.
+
+JSON validated by a strict pydantic schema, like specs: a wrong, truncated or
+hand-edited file is one `CalibrationError` naming the file, the field and the
+rule. A calibration is only valid for the device, precision, batch size,
+thread count and torch it was measured with; `check_compatible` refuses any
+other (or, forced, returns warnings). Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cmt_gen.errors import CmtGenError
+from cmt_gen.latency.features import FEATURES, PART_KINDS
+
+FORMAT = "cmt-gen-calibration/1"
+FORMS = ("as-built", "deploy")
+
+
+class CalibrationError(CmtGenError):
+    """A calibration file that cannot be read, is malformed, or does not fit this run."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PartModel(_Strict):
+    """One kind of building block: seconds per call = sum(coefficients * features)."""
+
+    features: list[str]
+    coefficients: list[float]
+    samples: int = Field(ge=1)
+    median_error: float = Field(ge=0, description="Median |predicted/measured - 1| over its own samples.")
+    worst_error: float = Field(ge=0)
+    outliers: int = Field(0, ge=0, description="Timings left out of the final fit as disturbed by other load.")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> PartModel:
+        if len(self.features) != len(self.coefficients):
+            raise ValueError(f"{len(self.features)} features but {len(self.coefficients)} coefficients")
+        if any(c < 0 or c != c for c in self.coefficients):
+            raise ValueError("coefficients are seconds per unit and cannot be negative")
+        return self
+
+
+class Measurement(_Strict):
+    """One timed building block: its shape and seconds per call at the calibration's batch."""
+
+    kind: Literal["stem", "patch", "block", "head"]
+    shape: dict[str, int | str | bool]
+    seconds: float = Field(gt=0)
+
+
+class ReferenceTiming(_Strict):
+    """A whole network timed during calibration, beside the sum of its fitted parts."""
+
+    name: str
+    resolution: int = Field(gt=0)
+    measured_seconds: float = Field(gt=0)
+    parts_seconds: float = Field(gt=0)
+
+
+class CalibrationSettings(_Strict):
+    device: str
+    device_type: Literal["cpu", "cuda", "mps"]
+    precision: Literal["fp32", "fp16", "bf16", "amp"]
+    batch_size: int = Field(ge=1)
+    threads: int | None = Field(None, ge=1)
+    form: Literal["as-built", "deploy"] = "as-built"
+
+
+class CalibratedBlockOptions(_Strict):
+    attention: Literal["fused", "math"] = "fused"
+    lpu: bool = True
+    reduction_kind: Literal["dwconv_bn", "avgpool", "conv_ln"] = "dwconv_bn"
+    position_bias: Literal["stage", "block", "none"] = "stage"
+    qkv_bias: bool = True
+
+
+class Calibration(_Strict):
+    """A device's latency model for CMT building blocks."""
+
+    format: Literal["cmt-gen-calibration/1"] = FORMAT
+    created: str
+    settings: CalibrationSettings
+    block_options: CalibratedBlockOptions = CalibratedBlockOptions()
+    machine: str = Field(description="CPU model (cpu) or device name (cuda, mps).")
+    torch_version: str
+    environment: dict[str, Any] = Field(default_factory=dict)
+    parts: dict[str, PartModel]
+    network_factor: float = Field(1.0, gt=0, description="Whole network / sum of its parts, on the references.")
+    references: list[ReferenceTiming] = Field(default_factory=list)
+    measurements: list[Measurement] = Field(default_factory=list)
+    seconds: float = Field(0.0, ge=0, description="How long the calibration took.")
+
+    @model_validator(mode="after")
+    def _parts_complete(self) -> Calibration:
+        missing = [k for k in PART_KINDS if k not in self.parts]
+        extra = [k for k in self.parts if k not in PART_KINDS]
+        if missing or extra:
+            raise ValueError(f"parts must be exactly {', '.join(PART_KINDS)} "
+                             f"(missing: {missing or 'none'}, unknown: {extra or 'none'})")
+        for kind, model in self.parts.items():
+            if tuple(model.features) != FEATURES[kind]:
+                raise ValueError(f"parts.{kind}.features must be {list(FEATURES[kind])}, got {model.features}")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), indent=1) + "\n"
+
+
+# ---------------------------------------------------------------- reading and writing
+
+def load_calibration(path: str | Path) -> Calibration:
+    """Read and validate a calibration file; every problem is one CalibrationError line."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise CalibrationError("calibration file not found" if not path.exists() else "not a file", source=source)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CalibrationError("not a text file (expected JSON from cmt-gen calibrate)", source=source) from None
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
+                               source=source) from None
+    except OSError as exc:
+        raise CalibrationError(f"cannot read: {exc.strerror or exc}", source=source) from None
+    return calibration_from_dict(data, source)
+
+
+def calibration_from_dict(data: Any, source: str = "calibration") -> Calibration:
+    if not isinstance(data, dict):
+        raise CalibrationError(f"expected a JSON object from cmt-gen calibrate, got {type(data).__name__}",
+                               source=source)
+    if data.get("format") != FORMAT:
+        raise CalibrationError(f"not a cmt-gen calibration (format is {data.get('format')!r}, expected {FORMAT!r})",
+                               source=source, field="format")
+    try:
+        return Calibration.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    first = errors[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or None
+    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
+    if first.get("type") == "missing":
+        message = "required field is missing"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    raise CalibrationError(message + more, source=source, field=field)
+
+
+def save_calibration(calibration: Calibration, path: str | Path) -> None:
+    from cmt_gen.files import write_atomic
+
+    write_atomic(Path(path), calibration.to_json())
+
+
+# ---------------------------------------------------------------- does it hold here?
+
+def installed_torch_version() -> str | None:
+    """torch's version from its installed metadata, without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None
+
+
+def current_machine(device_type: str) -> str | None:
+    """What identifies the device: the CPU model, or the GPU's name when torch is already loaded."""
+    import sys
+
+    if device_type == "cpu":
+        from cmt_gen.profile.env import cpu_model
+
+        return cpu_model()
+    torch = sys.modules.get("torch")
+    if device_type == "cuda" and torch is not None and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return None
+
+
+def check_compatible(calibration: Calibration, *, source: str = "calibration", device: str | None = None,
+                     precision: str | None = None, batch_size: int | None = None, threads: int | None = None,
+                     force: bool = False) -> list[str]:
+    """Refuse a calibration made under other settings or on another machine or torch; warnings if forced.
+
+    Settings left None are taken from the calibration (nothing to compare).
+    """
+    s = calibration.settings
+    problems: list[tuple[str, str]] = []
+    for field, asked, held in (("device", device, s.device), ("precision", precision, s.precision),
+                               ("batch_size", batch_size, s.batch_size), ("threads", threads, s.threads)):
+        if asked is not None and asked != held:
+            problems.append((f"settings.{field}", f"calibrated with {field} {held}, asked for {asked}"))
+    machine = current_machine(s.device_type)
+    if machine is not None and machine != calibration.machine:
+        problems.append(("machine", f"calibrated on {calibration.machine!r}, this machine is {machine!r}"))
+    torch_version = installed_torch_version()
+    if torch_version is not None and torch_version != calibration.torch_version:
+        problems.append(("torch_version", f"calibrated with torch {calibration.torch_version}, "
+                                          f"installed is {torch_version}"))
+    if not problems:
+        return []
+    if force:
+        return [f"{field}: {rule} (forced: predictions may be off)" for field, rule in problems]
+    field, rule = problems[0]
+    raise CalibrationError(f"{rule}; recalibrate with cmt-gen calibrate, or pass --force to use it anyway",
+                           source=source, field=field)

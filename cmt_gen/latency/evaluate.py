@@ -1,0 +1,99 @@
+"""Predictions beside measurements: what `cmt-gen predict --measure` and the benchmark report.
+
+Measuring uses the profiler (`run_profiles`) under exactly the calibration's
+settings (device, precision, batch size, threads), so a prediction and its
+measurement differ only by the model's error and the machine's noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cmt_gen.latency.calibration_file import Calibration
+from cmt_gen.latency.predict import LatencyPrediction, predict_latency
+
+
+@dataclass
+class PredictionRow:
+    """One spec: its cost, predicted speed and, once measured, the profiler's median images/s."""
+
+    spec: object  # CMTSpec
+    macs: int
+    params: int
+    prediction: LatencyPrediction
+    measured_images_per_s: float | None = None
+    measure_error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.prediction.name
+
+    @property
+    def error(self) -> float | None:
+        """Relative error of predicted throughput against measured: +0.05 predicts 5% too fast."""
+        if not self.measured_images_per_s:
+            return None
+        return self.prediction.images_per_s / self.measured_images_per_s - 1
+
+    def as_dict(self) -> dict:
+        row = {"name": self.name, "latency_ms": self.prediction.latency_ms,
+               "images_per_s": self.prediction.images_per_s, "batch_size": self.prediction.batch_size,
+               "macs": self.macs, "params": self.params, "resolution": self.spec.resolution}
+        if self.measured_images_per_s is not None:
+            row.update(measured_latency_ms=self.prediction.batch_size / self.measured_images_per_s * 1000,
+                       measured_images_per_s=self.measured_images_per_s, error=self.error)
+        if self.measure_error:
+            row["measure_error"] = self.measure_error
+        return row
+
+
+def predict_rows(specs: Sequence, calibration: Calibration) -> list[PredictionRow]:
+    from cmt_gen.cost.analytic import analytic_cost
+    from cmt_gen.spec.loading import load_spec
+    from cmt_gen.spec.schema import CMTSpec
+
+    rows = []
+    for item in specs:
+        spec = item if isinstance(item, CMTSpec) else load_spec(item)
+        cost = analytic_cost(spec)
+        rows.append(PredictionRow(spec, cost.macs, cost.params, predict_latency(spec, calibration)))
+    return rows
+
+
+def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min_time: float | None = None,
+                 repeats: int | None = None, progress: Callable[[int, str], None] | None = None,
+                 force: bool = False, source: str = "calibration") -> list[str]:
+    """Profile each row's spec under the calibration's settings and record its median images/s.
+
+    With torch loaded the device itself can be identified (a GPU's name), so the
+    calibration is checked against it once more; returns the warnings if forced.
+    """
+    from cmt_gen.latency.calibration_file import check_compatible
+    from cmt_gen.profile.runner import run_profiles
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.targets import target_from_spec
+
+    s = calibration.settings
+    settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
+                                min_time=min_time, repeats=repeats)
+    warnings = check_compatible(calibration, source=source, force=force)
+    run = run_profiles([target_from_spec(r.spec) for r in rows], settings, progress=progress, measure_peak=False)
+    for row, result in zip(rows, run.results, strict=False):
+        if result.ok and result.batch_size == s.batch_size:
+            row.measured_images_per_s = result.images_per_s
+        else:
+            row.measure_error = result.error or f"measured at batch {result.batch_size}, not {s.batch_size}"
+    return warnings
+
+
+def summary(rows: Sequence[PredictionRow], within: float = 0.10) -> dict:
+    """Share of measured rows within +-`within`, and the median and worst absolute error."""
+    errors = sorted(abs(r.error) for r in rows if r.error is not None)
+    if not errors:
+        return {"measured": 0}
+    mid = len(errors) // 2
+    median = errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
+    return {"measured": len(errors), "within": within,
+            "fraction_within": sum(e <= within for e in errors) / len(errors),
+            "median_abs_error": median, "worst_abs_error": errors[-1]}

@@ -1,0 +1,295 @@
+"""Latency model: exact on timings it can represent, files validated like specs, speed budgets honoured."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cmt_gen.cost.analytic import analytic_cost
+from cmt_gen.latency.calibration_file import (
+    Calibration,
+    CalibrationError,
+    check_compatible,
+    current_machine,
+    installed_torch_version,
+    load_calibration,
+    save_calibration,
+)
+from cmt_gen.latency.features import FEATURES, PartShape, spec_parts
+from cmt_gen.latency.fit import fit_nonnegative
+from cmt_gen.latency.predict import predict_latency
+from cmt_gen.spec.loading import load_spec
+from tests.conftest import REPO, run_cli_subprocess, subprocess_env, tiny_spec_dict
+
+# Synthetic device: seconds per call = these coefficients . features (all >= 0, some exactly 0).
+TRUE = {
+    "stem": (2e-4, 3e-10, 2e-9),
+    "patch": (5e-5, 6e-11, 1e-9, 0.0),
+    "block": (4e-4, 5e-11, 4e-11, 8e-11, 3e-9, 6e-10, 2e-9, 1.5e-9),
+    "head": (1e-4, 5e-11, 1e-9, 0.0),
+}
+BATCH = 4
+FACTOR = 1.07  # a whole network runs 7% slower than its parts timed alone
+
+
+def fake_timer(part: PartShape) -> float:
+    return sum(c * f for c, f in zip(TRUE[part.kind], part.features(BATCH), strict=True))
+
+
+@pytest.fixture(scope="module")
+def calibration() -> Calibration:
+    from cmt_gen.latency.calibrate import calibrate
+
+    return calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=6, timer=fake_timer,
+                     network_timer=lambda spec: FACTOR * sum(n * fake_timer(p) for p, n in spec_parts(spec)))
+
+
+@pytest.fixture(scope="module")
+def cal_file(calibration, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cal") / "cal.json"
+    save_calibration(calibration, path)
+    return path
+
+
+# ---------------------------------------------------------------- the model
+
+def test_features_count_exactly_the_analytic_macs():
+    for name in ("cmt_ti", "cmt_s"):
+        spec = load_spec(name)
+        assert sum(calls * part.macs() for part, calls in spec_parts(spec)) == analytic_cost(spec).macs
+        for part, _ in spec_parts(spec):
+            assert len(part.features(2)) == len(FEATURES[part.kind])
+
+
+def test_fit_recovers_representable_timings_exactly(calibration):
+    for kind, truth in TRUE.items():
+        got = calibration.parts[kind].coefficients
+        assert got == pytest.approx(truth, rel=1e-6, abs=1e-18), kind
+        assert calibration.parts[kind].worst_error < 1e-6
+
+
+def test_prediction_is_the_sum_of_its_parts_exactly(calibration):
+    assert calibration.network_factor == pytest.approx(FACTOR, rel=1e-6)
+    assert [r.name for r in calibration.references] == ["cmt_ti", "cmt_xs", "cmt_ti"]
+    for spec in (load_spec("cmt_xs"), load_spec(tiny_spec_dict())):
+        expected = FACTOR * sum(calls * fake_timer(part) for part, calls in spec_parts(spec))
+        got = predict_latency(spec, calibration)
+        assert got.seconds == pytest.approx(expected, rel=1e-6)
+        assert got.images_per_s == pytest.approx(BATCH / expected, rel=1e-6)
+        assert got.batch_size == BATCH
+
+
+def test_robust_fit_leaves_out_a_disturbed_timing():
+    from cmt_gen.latency.fit import fit_robust
+
+    rows = [[1.0, float(x), float(x * x % 7 + 1)] for x in range(1, 30)]
+    seconds = [2e-3 + 1e-4 * r[1] + 3e-4 * r[2] for r in rows]
+    seconds[5] *= 3  # another process took the core during this timing
+    report = fit_robust(rows, seconds)
+    assert report.outliers == 1
+    assert report.coefficients == pytest.approx((2e-3, 1e-4, 3e-4), rel=1e-6)
+    assert report.worst_error == pytest.approx(2 / 3, rel=1e-6)  # still reported
+
+
+def test_fit_keeps_coefficients_non_negative():
+    rows = [[1.0, float(x), float(x * x)] for x in range(1, 12)]
+    seconds = [5.0 - 0.3 * r[1] + 0.01 * r[2] for r in rows]  # a negative slope the model may not use
+    report = fit_nonnegative(rows, seconds)
+    assert min(report.coefficients) >= 0
+
+
+# ---------------------------------------------------------------- files
+
+def test_calibration_round_trips(calibration, cal_file):
+    again = load_calibration(cal_file)
+    assert again == calibration
+    assert predict_latency("cmt_s", cal_file).seconds == predict_latency("cmt_s", calibration).seconds
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda d: d.pop("parts"), "parts"),
+    (lambda d: d["parts"]["block"]["coefficients"].__setitem__(1, -1.0), "parts.block"),
+    (lambda d: d["parts"]["head"]["features"].reverse(), "parts"),
+    (lambda d: d["settings"].__setitem__("batch_size", 0), "settings.batch_size"),
+    (lambda d: d.__setitem__("surprise", 1), "surprise"),
+    (lambda d: d.__setitem__("format", "other/9"), "format"),
+])
+def test_bad_calibration_files_are_one_line_and_exit_2(cal_file, tmp_path, cli, mutate, field):
+    data = json.loads(cal_file.read_text())
+    mutate(data)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(CalibrationError) as info:
+        load_calibration(bad)
+    assert str(info.value).startswith(f"{bad}: {field}")
+    result = cli("predict", "cmt_ti", "--calibration", bad)
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+def test_unreadable_calibration_files(tmp_path, cli):
+    (tmp_path / "broken.json").write_text("{not json")
+    for path, rule in ((tmp_path / "broken.json", "not valid JSON"), (tmp_path / "absent.json", "not found")):
+        result = cli("predict", "cmt_ti", "--calibration", path)
+        assert result.code == 2 and rule in result.err
+
+
+def test_mismatched_calibration_is_refused_unless_forced(calibration, tmp_path, cli):
+    other = calibration.model_copy(update={"torch_version": "0.0.1"})
+    path = tmp_path / "other.json"
+    save_calibration(other, path)
+    refused = cli("predict", "cmt_ti", "--calibration", path)
+    assert refused.code == 2 and "torch_version" in refused.err and "--force" in refused.err
+    forced = cli("predict", "cmt_ti", "--calibration", path, "--force")
+    assert forced.code == 0 and "warning" in forced.err
+    with pytest.raises(CalibrationError, match="settings.threads"):
+        check_compatible(calibration, threads=2)
+    with pytest.raises(CalibrationError, match="settings.batch_size"):
+        check_compatible(calibration, batch_size=BATCH + 1)
+    assert check_compatible(calibration, threads=1, batch_size=BATCH, precision="fp32") == []
+    assert calibration.machine == current_machine("cpu")
+    assert calibration.torch_version == installed_torch_version()
+
+
+def test_spec_with_other_block_options_is_refused(calibration):
+    with pytest.raises(CalibrationError, match="attention"):
+        predict_latency(load_spec("cmt_ti", ["block.attention=math"]), calibration)
+
+
+def test_deploy_form_is_refused_until_it_exists():
+    from cmt_gen.latency.calibrate import calibrate
+
+    with pytest.raises(CalibrationError, match="deploy"):
+        calibrate(device="cpu", form="deploy", timer=fake_timer)
+
+
+# ---------------------------------------------------------------- predict, design, sample
+
+def test_predict_json_rows(cal_file, tmp_path, cli):
+    out = tmp_path / "rows.json"
+    result = cli("predict", "cmt_ti", "cmt_xs", "--calibration", cal_file, "--json", out)
+    assert result.code == 0
+    rows = json.loads(out.read_text())
+    assert [r["name"] for r in rows] == ["cmt_ti", "cmt_xs"]
+    assert rows[0]["latency_ms"] == pytest.approx(predict_latency("cmt_ti", cal_file).latency_ms)
+    assert rows[0]["images_per_s"] == pytest.approx(BATCH / rows[0]["latency_ms"] * 1000)
+
+
+def test_predict_and_design_do_not_import_torch(cal_file):
+    code = ("import sys\nfrom cmt_gen.cli.app import main\n"
+            f"for argv in (['predict', 'cmt_s', '--calibration', {str(cal_file)!r}],"
+            f" ['design', '--throughput', '20', '--calibration', {str(cal_file)!r}, '--top', '1']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("budget", [{"throughput": "25"}, {"throughput": "20..30"}, {"latency": "..150ms"},
+                                    {"latency": 0.2, "macs": "..2G"}])
+def test_design_honours_speed_budgets(calibration, budget):
+    from cmt_gen.design.search import design_specs
+
+    result = design_specs("cmt_xs", calibration=calibration, resolution="160..256", **budget)
+    assert result.feasible and result.designs
+    for d in result.designs:
+        predicted = predict_latency(d.spec, calibration)
+        assert d.seconds == pytest.approx(predicted.seconds, rel=1e-9)
+        value = predicted.images_per_s if result.speed.quantity == "throughput" else predicted.seconds
+        assert result.speed.lo <= value <= result.speed.hi
+        assert d.meets
+    if "macs" in budget:
+        assert all(d.macs <= 2e9 for d in result.designs)
+
+
+def test_design_speed_errors(cal_file, cli):
+    missing = cli("design", "--throughput", "40")
+    assert missing.code == 2 and "--calibration" in missing.err
+    both = cli("design", "--throughput", "40", "--latency", "20ms", "--calibration", cal_file)
+    assert both.code == 2 and "not both" in both.err
+    impossible = cli("design", "--throughput", "1e9", "--calibration", cal_file)
+    assert impossible.code == 2 and "no CMT can meet throughput" in impossible.err
+    shown = cli("design", "--throughput", "25", "--from", "cmt_xs", "--calibration", cal_file, "--top", "2")
+    assert shown.code == 0 and "img/s (batch 4)" in shown.out
+
+
+def test_sample_rows_carry_predicted_speed(cal_file, tmp_path, cli):
+    out = tmp_path / "s.jsonl"
+    assert cli("sample", "--n", "3", "--calibration", cal_file, "-o", out).code == 0
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        predicted = predict_latency(load_spec(row["spec"]), cal_file)
+        assert row["latency_ms"] == pytest.approx(predicted.latency_ms)
+        assert row["images_per_s"] == pytest.approx(predicted.images_per_s)
+
+
+def test_compare_plot_has_a_speed_panel(cal_file, tmp_path, cli):
+    pytest.importorskip("matplotlib")
+    from cmt_gen.design.speed_panel import speed_panel
+
+    spec = load_spec("cmt_xs")
+    panel = speed_panel([spec], [analytic_cost(spec)], [None], load_calibration(cal_file))
+    assert {p.label for p in panel.points if p.family} >= {"cmt_ti", "cmt_s", "cmt_b"}
+    assert not panel.points[0].measured
+    one, two = tmp_path / "one.png", tmp_path / "two.png"
+    assert cli("compare", "cmt_xs", "--plot", one).code == 0
+    assert cli("compare", "cmt_xs", "--plot", two, "--calibration", cal_file).code == 0
+    width = lambda p: int.from_bytes(p.read_bytes()[16:20], "big")  # noqa: E731 - PNG header
+    assert width(two) > 1.5 * width(one)
+
+
+# ---------------------------------------------------------------- on the device (small)
+
+def test_torch_timer_measures_a_block():
+    from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
+    from cmt_gen.profile.settings import resolve_settings
+
+    timer = TorchPartTimer(resolve_settings(device="cpu", batch_size=1, threads=1), BlockOptions(), min_time=0.0,
+                           repeats=1)
+    small = timer(PartShape("block", 4, 4, 16, 16, 2, 2, 32))
+    assert 0 < small < 1.0
+
+
+@pytest.mark.slow
+def test_benchmark_reduced_form_runs(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/bench_latency.py", "--quick", "--out", str(tmp_path)],
+                            capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-800:]
+    report = json.loads((tmp_path / "bench_latency.json").read_text())
+    assert report["summary"]["measured"] == len(report["rows"]) == 3
+    assert report["design"]["seconds"] > 0 and (tmp_path / "bench_latency.png").stat().st_size > 0
+    assert load_calibration(tmp_path / "calibration.json").settings.batch_size == 1
+    _ = run_cli_subprocess  # the CLI form is exercised in-process above
+
+
+def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
+    cal = tmp_path / "cal.json"
+    made = cli("calibrate", "--device", "cpu", "--threads", "1", "--batch-size", "1", "--blocks", "3",
+               "--min-time", "0", "-o", cal)
+    assert made.code == 0, made.err
+    assert load_calibration(cal).settings.batch_size == 1
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(json.dumps(tiny_spec_dict()))
+    out = tmp_path / "rows.json"
+    measured = cli("predict", spec, "--calibration", cal, "--measure", "--min-time", "0", "--json", out)
+    assert measured.code == 0, measured.err
+    row = json.loads(out.read_text())[0]
+    assert row["measured_images_per_s"] > 0
+    assert row["error"] == pytest.approx(row["images_per_s"] / row["measured_images_per_s"] - 1)
+
+
+@pytest.mark.parametrize("argv, rule", [
+    (["--form", "deploy"], "deploy form is not available"),
+    (["--blocks", "1"], "blocks: must be a whole number >= 3"),
+    (["--device", "tpu"], "unknown device"),
+    (["--min-time", "-1"], "min_time"),
+])
+def test_calibrate_bad_options_exit_2(tmp_path, cli, argv, rule):
+    result = cli("calibrate", *argv, "-o", tmp_path / "cal.json")
+    assert result.code == 2 and rule in result.err and not (tmp_path / "cal.json").exists()
+    assert cli("calibrate", "-o", tmp_path / "cal.txt").code == 2
