@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat when profiling a spec")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats when profiling a spec")
+    p.add_argument("--form", default="deploy", choices=("deploy", "as-built"), help="the form calibrated and profiled")
     p.add_argument("--calibration", type=Path, help="reuse this calibration instead of calibrating")
     p.add_argument("--quick", action="store_true", help="reduced CI form: few tiny specs, no timing goals")
     p.add_argument("--out", type=Path, default=Path("bench_latency_out"))
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     n = min(args.n, 3) if quick else args.n
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; threads {args.threads}; "
-          f"{'quick (CI) form' if quick else 'full form'}", flush=True)
+          f"{'quick (CI) form' if quick else 'full form'}; model form {args.form}", flush=True)
     from cmt_gen.profile.env import busy_warning
 
     busy = busy_warning(args.device)
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                 last[0] = time.perf_counter()
                 print(f"  calibrating {done}/{total}: {what}", flush=True)
 
-        cal = calibrate(device=args.device, threads=args.threads, batch_size=1 if quick else None,
+        cal = calibrate(device=args.device, threads=args.threads, batch_size=1 if quick else None, form=args.form,
                         blocks_per_stage=3 if quick else 24, min_time=0.0 if quick else 0.15,
                         repeats=1 if quick else 3, progress=progress)
         save_calibration(cal, args.out / "calibration.json")

@@ -36,7 +36,7 @@ def calibrate(
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per call (default: by device, as "
                                                                       "cmt-gen profile)."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads (CPU work)."),
-    form: str = typer.Option("as-built", "--form", help="as-built (the trained network) or deploy."),
+    form: str = typer.Option("deploy", "--form", help="deploy (what `profile` measures by default) or as-built."),
     blocks: int = typer.Option(None, "--blocks", help="CMT blocks timed per stage position (default 24; more: a "
                                                       "finer fit)."),
     min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),

@@ -160,11 +160,19 @@ def test_spec_with_other_block_options_is_refused(calibration):
         predict_latency(load_spec("cmt_ti", ["block.attention=math"]), calibration)
 
 
-def test_deploy_form_is_refused_until_it_exists():
-    from cmt_gen.latency.calibrate import calibrate
+@pytest.mark.parametrize("form, deployed", [("deploy", True), ("as-built", False)])
+def test_calibration_times_the_form_it_names(form, deployed):
+    """A deploy calibration times each part in its deploy form, as `profile` runs the whole network."""
+    from cmt_gen.latency.calibrate import plan_parts
+    from cmt_gen.latency.measure import BlockOptions, TorchPartTimer, build_part
+    from cmt_gen.profile.settings import resolve_settings
 
-    with pytest.raises(CalibrationError, match="deploy"):
-        calibrate(device="cpu", form="deploy", timer=fake_timer)
+    settings = resolve_settings(device="cpu", batch_size=1, threads=1, form=form)
+    timer = TorchPartTimer(settings, BlockOptions(), min_time=0.0, repeats=1, warmup=0, form=form)
+    for part in [p for p in plan_parts(3, 0) if p.kind in ("block", "head")][:2]:
+        module, inputs = build_part(part, BlockOptions(), 1)
+        assert timer.time_module(module, inputs) > 0
+        assert type(module).__name__.startswith("Deploy") is deployed
 
 
 # ---------------------------------------------------------------- predict, design, sample
@@ -284,7 +292,7 @@ def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
 
 
 @pytest.mark.parametrize("argv, rule", [
-    (["--form", "deploy"], "deploy form is not available"),
+    (["--form", "trained"], "unknown form"),
     (["--blocks", "1"], "blocks: must be a whole number >= 3"),
     (["--device", "tpu"], "unknown device"),
     (["--min-time", "-1"], "min_time"),

@@ -110,7 +110,7 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
 
 
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-              threads: int | None = None, form: str = "as-built", blocks_per_stage: int | None = None,
+              threads: int | None = None, form: str = "deploy", blocks_per_stage: int | None = None,
               min_time: float | None = None, repeats: int = 3, seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks on the device, fit per kind, return the calibration.
@@ -127,23 +127,20 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
 
     if form not in FORMS:
         raise CalibrationError(f"unknown form {form!r}; use {' or '.join(FORMS)}", field="form")
-    if form == "deploy":  # hook: time the re-parameterised blocks once the deploy form exists (issue 10)
-        raise CalibrationError("the deploy form is not available in this cmt-gen yet; use --form as-built",
-                               field="form")
     blocks_per_stage = DEFAULT_BLOCKS_PER_STAGE if blocks_per_stage is None else blocks_per_stage
     min_time = DEFAULT_MIN_TIME if min_time is None else min_time
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 3:
         raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks")
     if not (math.isfinite(min_time) and min_time >= 0):
         raise CalibrationError(f"must be a number of seconds >= 0, got {min_time}", field="min_time")
-    settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads)
+    settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form)
     plan = plan_parts(blocks_per_stage, seed)
     started = time.perf_counter()
     with thread_count(settings.threads), device_flags(settings):
         from cmt_gen.profile.env import fingerprint
 
         environment = fingerprint(settings.device)
-        device_timer = TorchPartTimer(settings, BlockOptions(), min_time=min_time, repeats=repeats)
+        device_timer = TorchPartTimer(settings, BlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)
         # Timed in a shuffled order, so a burst of other load on the machine spreads over every kind

@@ -31,8 +31,8 @@ class TorchPartTimer:
     """Seconds per call of one building block at the settings' batch, measured on the device."""
 
     def __init__(self, settings: ProfileSettings, options: BlockOptions, *, min_time: float = 0.15,
-                 repeats: int = 3, warmup: int = 1):
-        self.settings, self.options = settings, options
+                 repeats: int = 3, warmup: int = 1, form: str = "as-built"):
+        self.settings, self.options, self.form = settings, options, form
         self.min_time, self.repeats, self.warmup = min_time, repeats, warmup
         self.clock = Clock(settings.device)
 
@@ -57,7 +57,10 @@ class TorchPartTimer:
         s = self.settings
         amp = s.precision == "amp"
         dtype = torch.float32 if amp else getattr(torch, s.compute_dtype)
-        module = module.to(device=s.device, dtype=dtype).eval()
+        module = module.eval()
+        if self.form == "deploy":  # each part alone has its exact deploy rewrite, as the whole network does
+            module.reparameterize()
+        module = module.to(device=s.device, dtype=dtype)
         inputs = [t.to(device=s.device, dtype=dtype) if torch.is_tensor(t) and t.is_floating_point() else t
                   for t in inputs]
         with contextlib.ExitStack() as stack:
