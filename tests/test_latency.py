@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_cli_subprocess, subprocess_env, tiny_spec_dict
 
 from cmt_gen.cost.analytic import analytic_cost
 from cmt_gen.latency.calibration_file import (
@@ -23,7 +24,6 @@ from cmt_gen.latency.features import FEATURES, PartShape, spec_parts
 from cmt_gen.latency.fit import fit_nonnegative
 from cmt_gen.latency.predict import predict_latency
 from cmt_gen.spec.loading import load_spec
-from tests.conftest import REPO, run_cli_subprocess, subprocess_env, tiny_spec_dict
 
 # Synthetic device: seconds per call = these coefficients . features (all >= 0, some exactly 0).
 TRUE = {
