@@ -149,7 +149,7 @@ def design(
 
         raise DesignError("a spec needs a name that is not blank", field="--name")
     if output is not None:
-        check_spec_path(output, inputs=base_files(base))
+        check_spec_path(output, inputs=[*base_files(base), calibration])
     result = design_specs(base, params=params, macs=macs, resolution=resolution, top=top, tolerance=tolerance,
                           divisor=divisor, name=name or (output.stem if output is not None else None),
                           throughput=throughput, latency=latency, calibration=calibration, force=force)
@@ -253,7 +253,7 @@ def sample(
     from cmt_gen.design.spec_writer import base_files
     from cmt_gen.files import check_output_target
 
-    check_output_target(output, inputs=base_files(base))
+    check_output_target(output, inputs=[*base_files(base), calibration])
     cal, warnings = checked_calibration(calibration, force)
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
@@ -319,13 +319,16 @@ def compare(
         from cmt_gen.spec.loading import spec_files
 
         check_plot_path(plot)
-        check_output_target(plot, inputs=[profile, *(f for s in specs for f in spec_files(s))])
+        check_output_target(plot, inputs=[profile, calibration, *(f for s in specs for f in spec_files(s))])
     cal, warnings = checked_calibration(calibration, force)
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
     result = compare_specs(specs, profile, overrides)
     if as_json:
-        emit_json(result.as_dict())
+        record = result.as_dict()
+        if only_diff:
+            record["rows"] = [row for row in record["rows"] if row["differs"]]
+        emit_json(record)
     else:
         _print_comparison(result, only_diff)
     if plot is not None:

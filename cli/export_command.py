@@ -6,13 +6,13 @@ from pathlib import Path
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json
+from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, literal
 
 FORMAT_HELP = "onnx (run back with onnxruntime), torchscript, or program (torch.export, .pt2)."
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export")(export)
+    app.command("export", cls=ReadableCommand)(export)
 
 
 def export(
@@ -32,7 +32,7 @@ def export(
     from cmt_gen.errors import CmtGenError
     from cmt_gen.export.formats import FORMATS
     from cmt_gen.export.job import export_spec
-    from cmt_gen.spec.loading import load_spec
+    from cmt_gen.spec.loading import load_spec, spec_files
 
     if fmt not in FORMATS:
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
@@ -41,14 +41,15 @@ def export(
             raise CmtGenError(f"must be at least 1, got {threads}", field="--threads")
         torch.set_num_threads(threads)
     resolved = load_spec(spec, overrides)
-    result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads)
+    result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads,
+                         inputs=spec_files(spec))
     if as_json:
         emit_json({"spec": resolved.name, "format": fmt, "path": result.path, "form": "deploy",
                    "tolerance": tolerance, "passed": result.passed,
                    "checks": [{"shape": list(c.shape), "max_abs_diff": c.max_abs_diff,
                                "max_rel_diff": c.max_rel_diff} for c in result.checks]})
     else:
-        console.print(f"wrote the deploy form of [bold]{resolved.name}[/] as {fmt} to {result.path} "
+        console.print(f"wrote the deploy form of [bold]{literal(resolved.name)}[/] as {fmt} to {literal(result.path)} "
                       "(dynamic batch, height, width)")
         for c in result.checks:
             console.print(f"  reloaded, input {tuple(c.shape)}: max |file - eager| = {c.max_abs_diff:.2e} "

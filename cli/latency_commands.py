@@ -11,23 +11,33 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cmt_gen.cli.common import SET_HELP, console, emit_json, err_console, fmt_macs, fmt_params, literal
+from cmt_gen.cli.common import (
+    SET_HELP,
+    ReadableCommand,
+    console,
+    emit_json,
+    err_console,
+    fmt_macs,
+    fmt_params,
+    literal,
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("calibrate")(calibrate)
-    app.command("predict")(predict)
+    app.command("calibrate", cls=ReadableCommand)(calibrate)
+    app.command("predict", cls=ReadableCommand)(predict)
 
 
-def _check_json_path(path: Path | None, what: str) -> None:
+def _check_json_path(path: Path | None, what: str, inputs: list | None = None) -> None:
+    """A .json output that is a regular file or a new path, and none of the command's inputs."""
     from cmt_gen.errors import CmtGenError
+    from cmt_gen.files import check_output_target
 
     if path is None:
         return
     if path.suffix.lower() != ".json":
-        raise CmtGenError(f"{what} is written as .json, not {path.suffix or 'no suffix'}", source=str(path))
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise CmtGenError("output folder does not exist", source=str(path))
+        raise CmtGenError(f"write {what} as .json, not {path.suffix or 'no suffix'}", source=str(path))
+    check_output_target(path, inputs=inputs or [])
 
 
 def calibrate(
@@ -90,11 +100,18 @@ def predict(
     threads: int = typer.Option(None, "--threads", help="The thread count you will run at (checked)."),
 ) -> None:
     """Predicted batch latency and images/s of specs, from a calibration, without building them."""
+    from cmt_gen.errors import CmtGenError
     from cmt_gen.latency.calibration_file import check_compatible, load_calibration
     from cmt_gen.latency.evaluate import measure_rows, predict_rows
-    from cmt_gen.spec.loading import load_spec
+    from cmt_gen.profile.settings import PRECISIONS
+    from cmt_gen.spec.loading import load_spec, spec_files
 
-    _check_json_path(json_path, "the rows")
+    if precision is not None and precision not in PRECISIONS:
+        raise CmtGenError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}", field="--precision")
+    for flag, value in (("--batch-size", batch_size), ("--threads", threads)):
+        if value is not None and value < 1:
+            raise CmtGenError(f"must be at least 1, got {value}", field=flag)
+    _check_json_path(json_path, "the rows", inputs=[calibration, *(f for s in specs for f in spec_files(s))])
     cal = load_calibration(calibration)
     warned = check_compatible(cal, source=str(calibration), precision=precision, batch_size=batch_size,
                               threads=threads, force=force)

@@ -86,3 +86,27 @@ def test_check_sizes_differ_in_every_dynamic_axis() -> None:
     a, b = check_sizes(3, 224, 32)
     assert a[0] != b[0] and a[2] != b[2] and a[3] != b[3] and b[2] != b[3]
     assert all(s % 32 == 0 and s >= 64 for s in (*a[2:], *b[2:]))
+
+
+def test_export_never_overwrites_its_inputs(cli, tiny_spec_file, tmp_path) -> None:
+    """The spec (and its `extends` chain) and the weights are inputs: an output onto one is refused."""
+    spec_text = tiny_spec_file.read_text()
+    r = cli("export", tiny_spec_file, "--format", "torchscript", "-o", tiny_spec_file)
+    assert r.code == 2 and "also an input" in r.err and len(r.err.strip().splitlines()) == 1
+    assert tiny_spec_file.read_text() == spec_text
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"not a checkpoint, and must stay so")
+    r = cli("export", tiny_spec_file, "--weights", weights, "--format", "torchscript", "-o", weights)
+    assert r.code == 2 and "also an input" in r.err
+    assert weights.read_bytes() == b"not a checkpoint, and must stay so"
+
+
+def test_export_prints_a_markup_name_as_written(cli, tmp_path) -> None:
+    import yaml
+    from conftest import tiny_spec_dict
+
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec_dict(name="a[/]b [red]x")))
+    r = cli("export", spec, "--format", "torchscript", "-o", tmp_path / "odd.pt")
+    assert r.code == 0, r.err
+    assert "a[/]b [red]x" in r.out

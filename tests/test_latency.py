@@ -301,3 +301,29 @@ def test_calibrate_bad_options_exit_2(tmp_path, cli, argv, rule):
     result = cli("calibrate", *argv, "-o", tmp_path / "cal.json")
     assert result.code == 2 and rule in result.err and not (tmp_path / "cal.json").exists()
     assert cli("calibrate", "-o", tmp_path / "cal.txt").code == 2
+
+
+def test_predict_never_overwrites_its_calibration(cal_file, cli):
+    before = cal_file.read_bytes()
+    result = cli("predict", "cmt_ti", "--calibration", cal_file, "--json", cal_file)
+    assert result.code == 2 and "also an input" in result.err and cal_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, rule", [
+    (["--precision", "bogus"], "unknown precision"),
+    (["--batch-size", "-5", "--force"], "--batch-size: must be at least 1"),
+])
+def test_predict_checks_its_run_settings(cal_file, cli, argv, rule):
+    result = cli("predict", "cmt_ti", "--calibration", cal_file, *argv)
+    assert result.code == 2 and rule in result.err and len(result.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    ["design", "--throughput", "40", "--from", "cmt_ti", "-o"],
+    ["sample", "--n", "2", "--from", "cmt_ti", "-o"],
+])
+def test_design_tools_never_overwrite_the_calibration(cal_file, cli, tmp_path, command):
+    own = tmp_path / ("cal.yaml" if command[0] == "design" else "cal.jsonl")
+    own.write_bytes(cal_file.read_bytes())
+    result = cli(*command, own, "--calibration", own)
+    assert result.code == 2 and "also an input" in result.err and own.read_bytes() == cal_file.read_bytes()

@@ -25,7 +25,7 @@ def test_dir_lists_the_api_only() -> None:
 
 
 @pytest.mark.parametrize("command", ["", "build", "validate", "list", "schema", "check", "profile", "new",
-                                     "design", "sample", "compare"])
+                                     "design", "sample", "compare", "export", "calibrate", "predict"])
 def test_help_has_no_type_tags_or_braces(cli, command: str) -> None:
     result = cli(*([command] if command else []), "--help")
     assert result.code == 0
@@ -204,3 +204,14 @@ def test_compare_takes_set_for_every_spec(cli) -> None:
     result = cli("compare", "cmt_ti", "cmt_xs", "--set", "resolution=224", "--json")
     rows = {(r["section"], r["field"]): r["values"] for r in json.loads(result.out)["rows"]}
     assert rows[("input", "resolution")] == [224, 224]
+
+
+def test_profile_results_files_have_their_suffix(cli, tmp_path) -> None:
+    result = cli("profile", "cmt_ti", "--json", tmp_path / "results.csv")
+    assert result.code == 2 and "as .json, not .csv" in result.err and not list(tmp_path.iterdir())
+
+
+def test_compare_json_diff_keeps_only_differing_rows(cli) -> None:
+    every = json.loads(cli("compare", "cmt_b", "cmt_s", "--json").out)["rows"]
+    differing = json.loads(cli("compare", "cmt_b", "cmt_s", "--json", "--diff").out)["rows"]
+    assert differing == [row for row in every if row["differs"]] and len(differing) < len(every)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,8 +44,13 @@ def check_sizes(channels: int, resolution: int, stride: int) -> list[tuple[int, 
 
 
 def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
-                tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None) -> ExportResult:
-    """Write the deploy form of `spec` (with `weights`) as `fmt`, then prove the file runs and agrees."""
+                tolerance: float = DEFAULT_TOLERANCE, threads: int | None = None,
+                inputs: Sequence[Path] = ()) -> ExportResult:
+    """Write the deploy form of `spec` (with `weights`) as `fmt`, then prove the file runs and agrees.
+
+    `inputs` are the files the spec was read from: like `weights`, never overwritten by the output.
+    """
+    from cmt_gen.files import check_output_target
     from cmt_gen.model.convert import load_checkpoint
     from cmt_gen.model.network import build_model
 
@@ -52,8 +58,7 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
     if not tolerance > 0:
         raise CmtGenError(f"tolerance must be positive, got {tolerance}", field="--tolerance")
-    if not Path(output).parent.is_dir() if str(Path(output).parent) else False:
-        raise CmtGenError("output folder does not exist", source=str(output))
+    output = check_output_target(output, inputs=[*inputs, weights])
     model = build_model(spec).eval()
     if weights is not None:
         load_checkpoint(model, weights)

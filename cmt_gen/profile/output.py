@@ -31,6 +31,8 @@ def check_output_path(path: str | Path | None, suffix: str) -> Path | None:
         raise CmtGenError("output folder does not exist", source=str(path))
     if path.is_dir():
         raise CmtGenError(f"is a folder; give a {suffix} file name", source=str(path))
+    if path.suffix.lower() != suffix:
+        raise CmtGenError(f"write these results as {suffix}, not {path.suffix or 'no suffix'}", source=str(path))
     return path
 
 
