@@ -87,12 +87,11 @@ def profile(
 
     inputs = [f for name in names for f in spec_files(name)] if names else []
     json_to_stdout = json_path is not None and str(json_path) == "-"
-    json_file = None if json_to_stdout else check_output_path(json_path, ".json")
-    csv_file = check_output_path(csv_path, ".csv")
-    if json_file is not None:
-        json_file = check_output_target(json_file, inputs=inputs)
-    if csv_file is not None:
-        csv_file = check_output_target(csv_file, inputs=inputs, others=[json_file])
+    # What the paths collide with first (an input, each other), then what each must look like.
+    json_file = None if json_to_stdout or json_path is None else check_output_target(json_path, inputs=inputs)
+    csv_file = None if csv_path is None else check_output_target(csv_path, inputs=inputs, others=[json_file])
+    json_file = check_output_path(json_file, ".json")
+    csv_file = check_output_path(csv_file, ".csv")
     settings = resolve_settings(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
         compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,

@@ -308,3 +308,32 @@ def test_gpu_report_merges_runs_and_checks_the_3x_target(tmp_path) -> None:
     assert verdicts == {"deploy_timm_amp": True, "deploy_swin_bf16": False}
     assert "| deploy_timm_amp | cmt_s | deploy | amp | 64 | 3,500.0 | 3.00 | 3.50x |" in \
         (tmp_path / "gpu_check.md").read_text()
+
+
+def test_new_weights_refresh_the_cached_position_bias() -> None:
+    """The bias resampled for an input size is cached; loading new weights must not serve the old one."""
+    import copy
+
+    from cmt_gen import build_model
+
+    torch.manual_seed(0)
+    deployed = build_model("cmt_ti", overrides=["resolution=64"]).eval().reparameterize()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.inference_mode():
+        deployed(x)  # fills the cache at 96x96
+    state = {k: v + 0.5 if "position_bias" in k else v for k, v in deployed.state_dict().items()}
+    deployed.load_state_dict(state)
+    fresh = copy.deepcopy(deployed)
+    fresh.apply(lambda m: setattr(m, "_bias_cache", {}) if hasattr(m, "_bias_cache") else None)
+    with torch.inference_mode():
+        assert torch.equal(deployed(x), fresh(x))
+
+
+def test_deploy_form_passes_gradients_to_its_input() -> None:
+    """The fused oneDNN ops have no autograd formula: with grad enabled the portable ops run instead."""
+    from cmt_gen import build_model
+
+    deployed = build_model("cmt_ti", overrides=["resolution=64"]).eval().reparameterize()
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    deployed(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0

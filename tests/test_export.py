@@ -110,3 +110,8 @@ def test_export_prints_a_markup_name_as_written(cli, tmp_path) -> None:
     r = cli("export", spec, "--format", "torchscript", "-o", tmp_path / "odd.pt")
     assert r.code == 0, r.err
     assert "a[/]b [red]x" in r.out
+
+
+def test_export_refuses_what_would_not_fit_before_allocating(cli, tmp_path) -> None:
+    r = cli("export", "cmt_ti", "--set", "resolution=4096", "--format", "torchscript", "-o", tmp_path / "big.pt")
+    assert r.code == 2 and "GiB" in r.err and "available" in r.err and not list(tmp_path.iterdir())

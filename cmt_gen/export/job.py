@@ -51,6 +51,7 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
     `inputs` are the files the spec was read from: like `weights`, never overwritten by the output.
     """
     from cmt_gen.files import check_output_target
+    from cmt_gen.model.build_job import check_build_fits
     from cmt_gen.model.convert import load_checkpoint
     from cmt_gen.model.network import build_model
 
@@ -59,6 +60,7 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
     if not tolerance > 0:
         raise CmtGenError(f"tolerance must be positive, got {tolerance}", field="--tolerance")
     output = check_output_target(output, inputs=[*inputs, weights])
+    check_build_fits(spec, batch=2)  # the export's own forward passes, refused before any allocation
     model = build_model(spec).eval()
     if weights is not None:
         load_checkpoint(model, weights)

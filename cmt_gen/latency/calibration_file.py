@@ -16,10 +16,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cmt_gen.errors import CmtGenError
+from cmt_gen.files import read_bounded
 from cmt_gen.latency.features import FEATURES, PART_KINDS
 
 FORMAT = "cmt-gen-calibration/1"
 FORMS = ("as-built", "deploy")
+MAX_CALIBRATION_BYTES = 64 << 20  # a calibration is a few hundred kB
 
 
 class CalibrationError(CmtGenError):
@@ -124,7 +126,7 @@ def load_calibration(path: str | Path) -> Calibration:
     if not path.is_file():
         raise CalibrationError("calibration file not found" if not path.exists() else "not a file", source=source)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_bounded(path, MAX_CALIBRATION_BYTES, CalibrationError).decode("utf-8"))
     except UnicodeDecodeError:
         raise CalibrationError("not a text file (expected JSON from cmt-gen calibrate)", source=source) from None
     except json.JSONDecodeError as exc:

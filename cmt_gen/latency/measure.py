@@ -59,7 +59,9 @@ class TorchPartTimer:
         dtype = torch.float32 if amp else getattr(torch, s.compute_dtype)
         module = module.eval()
         if self.form == "deploy":  # each part alone has its exact deploy rewrite, as the whole network does
-            module.reparameterize()
+            from cmt_gen.model.attention_kernels import default_kernel
+
+            module.reparameterize(attention_kernel=default_kernel(s.device_type))
         module = module.to(device=s.device, dtype=dtype)
         inputs = [t.to(device=s.device, dtype=dtype) if torch.is_tensor(t) and t.is_floating_point() else t
                   for t in inputs]

@@ -365,7 +365,7 @@ def reparameterize_network(model: nn.Module, attention_kernel: str | None = None
         last_unit.norm = nn.Identity()
     for child in (model.stem, *model.stages, model.head):
         if child is not None and not isinstance(child, DEPLOY_CLASSES):
-            child.reparameterize(kernel=attention_kernel)
+            child.reparameterize(attention_kernel=attention_kernel)
 
 
 def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:

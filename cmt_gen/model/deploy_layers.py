@@ -102,6 +102,9 @@ class BiasAtSize:
             return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
         if (h, w) == tuple(self.grid) and bias.dtype == dtype:
             return bias
+        source = (bias.data_ptr(), bias._version)  # new weights (load_state_dict, copy_) make the cache stale
+        if getattr(self, "_bias_source", None) != source:
+            self._bias_cache, self._bias_source = {}, source
         key = (h, w, dtype, bias.device)
         if key not in self._bias_cache:
             with torch.no_grad():

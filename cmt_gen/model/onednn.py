@@ -29,8 +29,9 @@ def graph_capture() -> bool:
 
 @torch.jit.unused
 def onednn_usable(x: torch.Tensor) -> bool:
+    # The fused oneDNN ops have no autograd formula: with grad enabled the portable ops run instead.
     return _HAVE_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-        and not torch.is_autocast_enabled("cpu") and not graph_capture()
+        and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not graph_capture()
 
 
 def activate(x: torch.Tensor, act: str) -> torch.Tensor:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 
 class Reparameterizable:
-    def reparameterize(self, **options) -> None:
-        """Rewrite this layer in place into its deploy form: same outputs, less work (eval only)."""
+    def reparameterize(self, attention_kernel: str | None = None) -> None:
+        """Rewrite this layer in place into its deploy form: same outputs, less work (eval only).
+
+        `attention_kernel` as for `CMT.reparameterize` (None: the fastest on this device).
+        """
         from cmt_gen.model import deploy
 
-        deploy.reparameterize_layer(self, **options)
+        deploy.reparameterize_layer(self, kernel=attention_kernel)
