@@ -315,11 +315,9 @@ def compare(
 
     if plot is not None:
         from cmt_gen.design.plotting import check_plot_path
-        from cmt_gen.files import check_output_target
         from cmt_gen.spec.loading import spec_files
 
-        check_plot_path(plot)
-        check_output_target(plot, inputs=[profile, calibration, *(f for s in specs for f in spec_files(s))])
+        check_plot_path(plot, inputs=[profile, calibration, *(f for s in specs for f in spec_files(s))])
     cal, warnings = checked_calibration(calibration, force)
     for warning in warnings:
         err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)

@@ -30,14 +30,10 @@ def register(app: typer.Typer) -> None:
 
 def _check_json_path(path: Path | None, what: str, inputs: list | None = None) -> None:
     """A .json output that is a regular file or a new path, and none of the command's inputs."""
-    from cmt_gen.errors import CmtGenError
     from cmt_gen.files import check_output_target
 
-    if path is None:
-        return
-    if path.suffix.lower() != ".json":
-        raise CmtGenError(f"write {what} as .json, not {path.suffix or 'no suffix'}", source=str(path))
-    check_output_target(path, inputs=inputs or [])
+    if path is not None:
+        check_output_target(path, inputs=inputs or [], suffixes=(".json",), what=what)
 
 
 def calibrate(

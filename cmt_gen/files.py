@@ -12,7 +12,7 @@ import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from cmt_gen.errors import CmtGenError
@@ -32,13 +32,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
-def check_output_target(path: str | Path, *, inputs: Iterable[str | Path] = (),
-                        others: Iterable[str | Path] = ()) -> Path:
+def check_output_target(path: str | Path, *, inputs: Iterable[str | Path | None] = (),
+                        others: Iterable[str | Path | None] = (), suffixes: Sequence[str] = (),
+                        what: str = "the output") -> Path:
     """The path to write `path` at, or a CmtGenError: only a regular file or a new path will do.
 
     A link to a regular file is followed (the file is replaced, the link kept);
     a device, FIFO, socket, folder or dangling link is refused, and so is one of
     the command's own `inputs` or another output (`others`) of the same run.
+    With `suffixes`, the file name must end in one of them ("write {what} as ...").
     """
     path = Path(path)
     name = str(path)
@@ -64,6 +66,8 @@ def check_output_target(path: str | Path, *, inputs: Iterable[str | Path] = (),
     for item in others:
         if item is not None and _same_file(Path(item), target):
             raise CmtGenError("cannot write: given for two outputs of this run; give each its own path", source=name)
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise CmtGenError(f"write {what} as {' or '.join(suffixes)}, not {path.suffix or 'no suffix'}", source=name)
     return target
 
 

@@ -70,14 +70,12 @@ def _pyplot():
     return plt
 
 
-def check_plot_path(path: str | Path) -> Path:
-    """Fail before any work if the picture cannot be written (bad suffix, no folder, no matplotlib)."""
+def check_plot_path(path: str | Path, inputs: Sequence[str | Path | None] = ()) -> Path:
+    """Fail before any work if the picture cannot be written (a command's input, bad suffix, no matplotlib)."""
+    from cmt_gen.files import check_output_target
+
     path = Path(path)
-    if path.suffix.lower() not in FORMATS:
-        raise CmtGenError(f"a plot is saved as {', '.join(FORMATS)}, not {path.suffix or 'no suffix'}",
-                          source=str(path))
-    if not (path.parent if str(path.parent) else Path(".")).is_dir():
-        raise CmtGenError("output folder does not exist", source=str(path))
+    check_output_target(path, inputs=inputs, suffixes=FORMATS, what="a plot")
     require_matplotlib()
     return path
 

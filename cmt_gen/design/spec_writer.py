@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cmt_gen.design.scaling import DesignError
 from cmt_gen.spec.schema import CMTSpec
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -29,9 +28,7 @@ def check_spec_path(path: str | Path, inputs: Iterable[str | Path] = ()) -> Path
     from cmt_gen.files import check_output_target
 
     path = Path(path)
-    if path.suffix.lower() not in SPEC_SUFFIXES:
-        raise DesignError(f"a spec is written as .yaml or .yml, not {path.suffix or 'no suffix'}", source=str(path))
-    check_output_target(path, inputs=inputs)
+    check_output_target(path, inputs=inputs, suffixes=SPEC_SUFFIXES, what="a spec")
     return path
 
 

@@ -29,10 +29,7 @@ def check_output_path(output: str | Path | None, inputs: Iterable[str | Path | N
     if output is None:
         return None
     path = Path(output)
-    if path.suffix not in SAVE_SUFFIXES:
-        raise CmtGenError(f"weights are saved as {', '.join(SAVE_SUFFIXES)}, not {path.suffix or 'no suffix'}",
-                          source=str(path))
-    check_output_target(path, inputs=[p for p in inputs if p is not None])
+    check_output_target(path, inputs=inputs, suffixes=SAVE_SUFFIXES, what="weights")
     return path
 
 
@@ -43,7 +40,7 @@ def save_weights(model, path: Path) -> None:
     from cmt_gen.files import atomic_output
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import save_file
         except ImportError:

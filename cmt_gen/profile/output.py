@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cmt_gen.errors import CmtGenError
-
 CSV_COLUMNS = (
     "name", "kind", "source", "spec_hash", "resolution", "device", "device_name", "precision", "mode",
     "channels_last", "compile", "protocol", "batch_size", "batches_tried", "images_per_s", "images_per_s_min",
@@ -25,14 +23,10 @@ def check_output_path(path: str | Path | None, suffix: str) -> Path | None:
     """Fail before any measurement if a results file cannot be written there."""
     if path is None:
         return None
+    from cmt_gen.files import check_output_target
+
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise CmtGenError("output folder does not exist", source=str(path))
-    if path.is_dir():
-        raise CmtGenError(f"is a folder; give a {suffix} file name", source=str(path))
-    if path.suffix.lower() != suffix:
-        raise CmtGenError(f"write these results as {suffix}, not {path.suffix or 'no suffix'}", source=str(path))
+    check_output_target(path, suffixes=(suffix,), what="these results")
     return path
 
 
