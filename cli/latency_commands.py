@@ -43,6 +43,8 @@ def calibrate(
                                                                       "cmt-gen profile)."),
     threads: int = typer.Option(None, "--threads", help="torch intra-op threads (CPU work)."),
     form: str = typer.Option("deploy", "--form", help="deploy (what `profile` measures by default) or as-built."),
+    allocator: str = typer.Option("auto", "--allocator", help="Host memory policy timed, as for `profile`: "
+                                                              "retain or system (auto: retain on Linux CPU)."),
     blocks: int = typer.Option(None, "--blocks", help="CMT blocks timed per stage position (default 24; more: a "
                                                       "finer fit)."),
     min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),
@@ -63,11 +65,13 @@ def calibrate(
             bar.update(task, completed=done, total=total, description=f"timing {literal(what)}")
 
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
-                                      form=form, blocks_per_stage=blocks, min_time=min_time, progress=progress)
+                                      form=form, allocator=allocator, blocks_per_stage=blocks, min_time=min_time,
+                                      progress=progress)
     save_calibration(calibration, output)
     s = calibration.settings
     table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "
-                        f"{s.batch_size}, threads {s.threads or 'default'})", title_justify="left")
+                        f"{s.batch_size}, threads {s.threads or 'default'}, {s.form} form, allocator {s.allocator})",
+                  title_justify="left")
     for column in ("part", "timed", "left out", "median error", "worst error"):
         table.add_column(column, justify="left" if column == "part" else "right")
     for kind, model in calibration.parts.items():

@@ -67,6 +67,9 @@ def profile(
                                                       "as-built (the training form)."),
     backend: str = typer.Option(None, "--backend", help="eager (default), compile (torch.compile) or "
                                                         "onnxruntime (the exported deploy form, CPU)."),
+    allocator: str = typer.Option("auto", "--allocator", help="Host memory: retain (glibc keeps freed "
+                                                              "memory: no page faults per forward; auto picks it "
+                                                              "on Linux CPU runs) or system (C library defaults)."),
     fp32_check: bool = typer.Option(True, "--fp32-check/--no-fp32-check",
                                     help="With a low precision on CPU, also time fp32 and say which is faster."),
 ) -> None:
@@ -96,7 +99,7 @@ def profile(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
         compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,
         min_time=min_time, repeats=repeats, threads=threads, protocol=protocol,
-        allow_slow_precision=allow_slow_precision, form=form, backend=backend,
+        allow_slow_precision=allow_slow_precision, form=form, backend=backend, allocator=allocator,
     )
     targets = [make_target(name, overrides=overrides) for name in names]
     from cmt_gen.profile.fits import check_profile_fits
@@ -194,7 +197,8 @@ def print_run(run, out=None) -> None:
     title = (f"profile on {s.device} ({env.get('device_name')}), {s.precision}"
              f"{' (' + s.compute_dtype + ')' if s.precision == 'amp' else ''}, {s.mode}"
              f"{', protocol ' + s.protocol if s.protocol else ''}{', channels-last' if s.channels_last else ''}"
-             f"{', compiled' if s.compile else ''}, form {s.form} (CMT models), backend {s.backend}")
+             f"{', compiled' if s.compile else ''}, form {s.form} (CMT models), backend {s.backend}, "
+             f"allocator {s.allocator}")
     table = Table(title=title, title_justify="left")
     for column in ("model", "input", "batch", "img/s", "±", latency_label, "peak mem", "GMACs", "GMAC/s",
                    "% peak", "compile s", THROUGHPUT_LABEL, "note"):

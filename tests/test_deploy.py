@@ -224,7 +224,7 @@ def test_profile_settings_default_to_the_deploy_form_and_check_backends() -> Non
 def test_profile_measures_the_deploy_form_and_leaves_a_callers_model_alone() -> None:
     from dataclasses import replace
 
-    from cmt_gen.profile.backends import compile_options, prepare_model
+    from cmt_gen.profile.backends import compile_options, freezes_weights, prepare_model
     from cmt_gen.profile.settings import resolve_settings
     from cmt_gen.profile.targets import target_from_module
 
@@ -235,7 +235,8 @@ def test_profile_measures_the_deploy_form_and_leaves_a_callers_model_alone() -> 
     assert D.is_deploy_form(deployed) and not D.is_deploy_form(model)
     assert prepare_model(model, target, replace(settings, form="as-built")) is model
     assert prepare_model(model, target, replace(settings, mode="train")) is model
-    assert compile_options(settings) == {"options": {"freezing": True}}
+    assert compile_options(settings) == {} and freezes_weights(settings)  # frozen through FrozenCompiled
+    assert not freezes_weights(replace(settings, device_type="cuda"))
     assert compile_options(replace(settings, device_type="cuda", compile_mode="max-autotune")) == \
         {"mode": "max-autotune"}
     assert compile_options(replace(settings, device_type="cuda")) == {}

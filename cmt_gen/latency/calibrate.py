@@ -110,8 +110,9 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
 
 
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
-              threads: int | None = None, form: str = "deploy", blocks_per_stage: int | None = None,
-              min_time: float | None = None, repeats: int = 3, seed: int = 0, timer: PartTimer | None = None,
+              threads: int | None = None, form: str = "deploy", allocator: str = "auto",
+              blocks_per_stage: int | None = None, min_time: float | None = None, repeats: int = 3,
+              seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks on the device, fit per kind, return the calibration.
 
@@ -122,7 +123,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     leaves the network factor at 1.
     """
     from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
-    from cmt_gen.profile.bench import device_flags, thread_count
+    from cmt_gen.profile.bench import run_environment
     from cmt_gen.profile.settings import resolve_settings
 
     if form not in FORMS:
@@ -133,10 +134,11 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks")
     if not (math.isfinite(min_time) and min_time >= 0):
         raise CalibrationError(f"must be a number of seconds >= 0, got {min_time}", field="min_time")
-    settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form)
+    settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
+                                allocator=allocator)
     plan = plan_parts(blocks_per_stage, seed)
     started = time.perf_counter()
-    with thread_count(settings.threads), device_flags(settings):
+    with run_environment(settings):
         from cmt_gen.profile.env import fingerprint
 
         environment = fingerprint(settings.device)
@@ -166,7 +168,8 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     return Calibration(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings={"device": settings.device, "device_type": settings.device_type, "precision": settings.precision,
-                  "batch_size": settings.batch_size, "threads": settings.threads, "form": form},
+                  "batch_size": settings.batch_size, "threads": settings.threads, "form": form,
+                  "allocator": settings.allocator},
         machine=environment.get("device_name") or environment.get("cpu") or "unknown",
         torch_version=installed_torch_version() or environment.get("torch", "unknown"),
         environment=environment, parts=models, network_factor=factor, references=references,

@@ -75,6 +75,8 @@ class CalibrationSettings(_Strict):
     batch_size: int = Field(ge=1)
     threads: int | None = Field(None, ge=1)
     form: Literal["as-built", "deploy"] = "as-built"
+    # Files written before the allocator was recorded were measured under the C library's defaults.
+    allocator: Literal["system", "retain"] = "system"
 
 
 class CalibratedBlockOptions(_Strict):

@@ -76,7 +76,7 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
 
     s = calibration.settings
     settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
-                                form=s.form, min_time=min_time, repeats=repeats)
+                                form=s.form, allocator=s.allocator, min_time=min_time, repeats=repeats)
     warnings = check_compatible(calibration, source=source, force=force)
     run = run_profiles([target_from_spec(r.spec) for r in rows], settings, progress=progress, measure_peak=False)
     for row, result in zip(rows, run.results, strict=False):

@@ -38,18 +38,45 @@ def prepare_model(model, target, settings):
 
 
 def compile_options(settings) -> dict:
-    """torch.compile arguments: the user's mode, else weight freezing for CPU inference."""
+    """torch.compile arguments: the user's mode (CPU inference freezes weights, see `compile_model`)."""
     if settings.compile_mode not in (None, "default"):
         return {"mode": settings.compile_mode}
-    if settings.device_type == "cpu" and settings.mode == "infer":
-        return {"options": {"freezing": True}}
     return {}
+
+
+def freezes_weights(settings) -> bool:
+    return settings.device_type == "cpu" and settings.mode == "infer"
+
+
+class FrozenCompiled:
+    """A compiled module whose (re)compilations run with inductor's weight freezing on.
+
+    Freezing turns the weights into constants, so inductor pre-packs them for
+    oneDNN and fuses activations into convolutions. `torch.compile(options=
+    {"freezing": True})` is silently ignored by torch 2.14 when the first call
+    runs under inference_mode (checked in tests/test_backends.py), so the flag
+    is set around each call instead: compilation happens inside a call.
+    """
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def __call__(self, *args, **kwargs):
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(*args, **kwargs)
+
+
+def compile_model(model, settings):
+    import torch
+
+    compiled = torch.compile(model, **compile_options(settings))
+    return FrozenCompiled(compiled) if freezes_weights(settings) else compiled
 
 
 def make_runner(model, target, settings, example) -> tuple[Callable, float | None]:
     """A callable images -> output for the backend, and the seconds spent preparing it (export)."""
-    import torch
-
     if settings.backend == "onnxruntime":
         from cmt_gen.export.formats import load_runner, write_export
         from cmt_gen.export.graph import InferenceGraph
@@ -61,7 +88,7 @@ def make_runner(model, target, settings, example) -> tuple[Callable, float | Non
         write_export("onnx", graph, example.float().cpu(), stride, folder / "model.onnx")
         return load_runner("onnx", folder / "model.onnx", settings.threads), time.perf_counter() - start
     if settings.compile:
-        return torch.compile(model, **compile_options(settings)), None
+        return compile_model(model, settings), None
     return model, None
 
 

@@ -150,3 +150,12 @@ def thread_count(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def run_environment(settings: ProfileSettings) -> Iterator[None]:
+    """Threads, device flags and the host allocator policy of a run, all restored after."""
+    from cmt_gen.host_allocator import allocator_policy
+
+    with thread_count(settings.threads), device_flags(settings), allocator_policy(settings.allocator):
+        yield

@@ -16,7 +16,7 @@ from typing import Any
 
 from cmt_gen.errors import CmtGenError
 from cmt_gen.profile.batch import free_device_memory, run_with_batch_decay
-from cmt_gen.profile.bench import Bench, device_flags, thread_count
+from cmt_gen.profile.bench import Bench, run_environment
 from cmt_gen.profile.env import with_default_threads
 from cmt_gen.profile.peak import MatmulPeak, measure_matmul_peak
 from cmt_gen.profile.settings import ProfileSettings, resolve_settings
@@ -146,7 +146,7 @@ def profile_model(
     )
     target = make_target(spec_or_model, overrides=overrides, resolution=resolution)
     settings, _ = with_default_threads(settings)
-    with thread_count(settings.threads), device_flags(settings):
+    with run_environment(settings):
         from cmt_gen.profile.env import fingerprint
 
         prime_process(settings)
@@ -215,7 +215,7 @@ def run_profiles(
     # No "--threads 1" advice when the user chose a thread count or the run already uses one thread.
     warnings = [w for w in (busy_warning(settings.device, threads_given or settings.threads == 1, busy),) if w]
     run_load = LoadMeter().start()
-    with thread_count(settings.threads), device_flags(settings):
+    with run_environment(settings):
         env = fingerprint(settings.device)
         try:
             if progress:

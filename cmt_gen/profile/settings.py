@@ -105,6 +105,7 @@ class ProfileSettings:
     threads_note: str | None = None  # how a default thread count was chosen (None: the user chose)
     form: str = "deploy"  # deploy | as-built (profile.backends)
     backend: str = "eager"  # eager | compile | onnxruntime
+    allocator: str = "system"  # system | retain (host_allocator; auto resolved)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +132,7 @@ def resolve_settings(
     allow_slow_precision: bool = False,
     form: str = "deploy",
     backend: str | None = None,
+    allocator: str = "auto",
 ) -> ProfileSettings:
     """Check and complete the user's choices; protocol first, explicit values win over it."""
     mode = _choice(mode, MODES, "mode")
@@ -174,6 +176,9 @@ def resolve_settings(
         raise CmtGenError("the onnxruntime backend runs fp32 inference on cpu (its CPU provider); "
                           f"got {dev}, {mode}, {precision}", field="backend")
     compute = check_precision(dev, precision, allow_slow=allow_slow_precision)
+    from cmt_gen.host_allocator import resolve_policy
+
+    allocator = resolve_policy(allocator, kind)
     if threads is not None:
         _check_threads(threads)
     return ProfileSettings(
@@ -186,7 +191,7 @@ def resolve_settings(
         protocol=preset.name if preset else None, latency_warmup=defaults.latency_warmup,
         latency_samples=defaults.latency_samples,
         latency_time=defaults.latency_time if min_time is None else float(min_time),
-        latency_max_samples=defaults.latency_max_samples, form=form, backend=backend,
+        latency_max_samples=defaults.latency_max_samples, form=form, backend=backend, allocator=allocator,
         extend_time=(defaults.repeats if repeats is None else repeats)
         * (defaults.min_time if min_time is None else float(min_time)),
     )

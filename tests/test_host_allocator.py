@@ -1,0 +1,103 @@
+"""The host allocator policy that profiles, calibrations and the benchmark run under."""
+
+from __future__ import annotations
+
+import json
+import resource
+
+import pytest
+
+from cmt_gen import host_allocator as H
+from cmt_gen.errors import CmtGenError
+
+needs_glibc = pytest.mark.skipif(H.retain_unavailable() is not None, reason="retain needs glibc's mallopt (Linux)")
+
+
+def test_unknown_policy_is_a_one_line_error_naming_the_field(cli, tiny_spec_file):
+    with pytest.raises(CmtGenError, match="unknown allocator 'fast'") as info:
+        H.resolve_policy("fast")
+    assert info.value.field == "allocator"
+    result = cli("profile", tiny_spec_file, "--device", "cpu", "--allocator", "fast")
+    assert result.code == 2 and "allocator" in result.err and "Traceback" not in result.err
+    assert result.err.strip().count("\n") == 0
+
+
+def test_auto_retains_for_cpu_runs_and_defers_to_a_preloaded_allocator(monkeypatch):
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert H.resolve_policy("auto", "cuda") == "system"
+    assert H.resolve_policy("auto", "cpu") == ("retain" if H.retain_unavailable() is None else "system")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert H.resolve_policy("auto", "cpu") == "system"
+    assert H.describe("system") == "jemalloc (preloaded)"
+    with pytest.raises(CmtGenError, match="jemalloc is preloaded"):
+        H.resolve_policy("retain")
+
+
+def _faults_per_forward(forwards: int) -> list[int]:
+    """Minor page faults of each forward of a small conv net whose activations (52 MB) exceed glibc's
+    largest mmap threshold, like CMT-S's stage-1 maps at batch 16."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(32, 64, 1),
+                              torch.nn.GELU(), torch.nn.Conv2d(64, 32, 1)).eval()
+    x = torch.randn(8, 3, 160, 160)
+    faults = []
+    with torch.inference_mode():
+        for _ in range(forwards):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            net(x)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return faults
+
+
+@needs_glibc
+def test_retain_stops_page_faults_once_the_heap_has_grown():
+    with H.allocator_policy("system"):
+        system = _faults_per_forward(3)[1:]
+    with H.allocator_policy("retain") as policy:
+        assert policy == "retain" and H.current_policy() == "retain"
+        retained = _faults_per_forward(4)[2:]  # the heap grows during the first forwards
+    assert H.current_policy() == "system"
+    pages = 8 * 64 * 160 * 160 * 4 // 4096
+    assert min(system) >= pages // 512, f"{system}: each fresh mmap of an activation faults (4 KiB or 2 MiB pages)"
+    assert max(retained) * 20 < min(system), f"{retained} page faults per forward with retain vs {system} without"
+
+
+@needs_glibc
+def test_profile_and_calibration_record_the_allocator(cli, tiny_spec_file, tmp_path):
+    from cmt_gen.latency.calibration_file import CalibrationSettings
+    from cmt_gen.profile.settings import resolve_settings
+
+    assert resolve_settings(device="cpu").allocator == "retain"
+    assert resolve_settings(device="cpu", allocator="system").allocator == "system"
+    out = tmp_path / "run.json"
+    result = cli("profile", tiny_spec_file, "--device", "cpu", "--min-time", "0", "--repeats", "1",
+                 "--allocator", "system", "--json", out)
+    assert result.code == 0, result.err
+    assert json.loads(out.read_text())["settings"]["allocator"] == "system"
+    assert H.current_policy() == "system"  # restored after the run
+    # Calibrations written before the field existed were measured under the C library's defaults.
+    old = {"device": "cpu", "device_type": "cpu", "precision": "fp32", "batch_size": 8, "threads": 1}
+    assert CalibrationSettings(**old).allocator == "system"
+
+
+@pytest.mark.slow
+def test_compiled_cpu_inference_freezes_weights():
+    """`torch.compile(options={"freezing": True})` is ignored under inference_mode in torch 2.14; ours is not."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from cmt_gen.profile.backends import compile_model
+    from cmt_gen.profile.settings import resolve_settings
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 8, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = compile_model(model, resolve_settings(device="cpu", backend="compile"))
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.allclose(compiled(x), expected, atol=1e-5)
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            compiled(x)
+    ops = {event.key for event in trace.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ops, sorted(ops)  # pre-packed weights, GELU fused
