@@ -186,7 +186,9 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
 def worker(conn, argv: list[str], allocator: str) -> None:
     """Build this allocator's variants, report them, then time one call per request until told to stop."""
     from cmt_gen.host_allocator import set_policy
+    from cmt_gen.onednn_cache import enlarge_primitive_cache
 
+    enlarge_primitive_cache()
     args = parse(argv)
     if allocator == "retain":
         set_policy("retain")  # the system worker never calls mallopt: glibc's own dynamic defaults

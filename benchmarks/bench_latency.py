@@ -9,6 +9,11 @@ Goals (issue 13), all in one run with one set of settings:
 - `design --throughput T --calibration` in under 5 s, and its best design, profiled,
   within +-10% of T (T: the median measured throughput of the sample).
 
+The calibration runs in a child process (as `cmt-gen calibrate` runs apart from
+`predict --measure`), and the specs are profiled in `--passes` (default 2) passes
+over the whole list, each spec keeping its fastest pass: on a shared VM other
+load comes in bursts of a minute or more, and only ever slows a run down.
+
 `--quick` is the reduced form CI runs (a few tiny specs, batch 1, minimal timing):
 it exercises every step and writes the same report, but its numbers mean nothing.
 Writes `bench_latency.json`, `bench_latency.png` and the calibration to `--out`.
@@ -34,6 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min-time", type=float, default=1.0, help="seconds per timed repeat when profiling a spec")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats when profiling a spec")
+    p.add_argument("--passes", type=int, default=2, help="profile the whole list this many times, keep each "
+                                                       "spec's fastest pass")
     p.add_argument("--form", default="deploy", choices=("deploy", "as-built"), help="the form calibrated and profiled")
     p.add_argument("--calibration", type=Path, help="reuse this calibration instead of calibrating")
     p.add_argument("--quick", action="store_true", help="reduced CI form: few tiny specs, no timing goals")
@@ -41,13 +48,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def measure_fastest(rows: list, cal, passes: int, **timing) -> None:
+    """Profile every row `passes` times over the whole list and keep each row's fastest median.
+
+    Load from other processes only ever slows a run down, and on a shared VM it comes in bursts
+    of a minute or more; passes spread each spec's measurements over the run, as the calibration
+    keeps each block's fastest repeat.
+    """
+    from cmt_gen.latency.evaluate import measure_rows
+
+    fastest: dict[int, float] = {}
+    for _ in range(passes):
+        measure_rows(rows, cal, **timing)
+        for i, row in enumerate(rows):
+            if row.measured_images_per_s:
+                fastest[i] = max(fastest.get(i, 0.0), row.measured_images_per_s)
+    for i, row in enumerate(rows):
+        if i in fastest:
+            row.measured_images_per_s, row.measure_error = fastest[i], None
+
+
+def calibrate_into(args: argparse.Namespace, out: Path) -> None:
+    """Calibrate with the benchmark's settings and save `out/calibration.json` (run in a child process)."""
+    from cmt_gen.latency.calibrate import calibrate
+    from cmt_gen.latency.calibration_file import save_calibration
+
+    quick = args.quick
+    last = [0.0]
+
+    def progress(done: int, total: int, what: str) -> None:
+        if time.perf_counter() - last[0] > 15 or done == total:
+            last[0] = time.perf_counter()
+            print(f"  calibrating {done}/{total}: {what}", flush=True)
+
+    cal = calibrate(device=args.device, threads=args.threads, batch_size=1 if quick else None, form=args.form,
+                    blocks_per_stage=3 if quick else 24, min_time=0.0 if quick else 0.15,
+                    repeats=1 if quick else 3, progress=progress)
+    save_calibration(cal, out / "calibration.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cmt_gen.design.sampling import sample_specs
     from cmt_gen.design.search import design_specs
-    from cmt_gen.latency.calibrate import calibrate
-    from cmt_gen.latency.calibration_file import load_calibration, save_calibration
-    from cmt_gen.latency.evaluate import measure_rows, predict_rows, summary
+    from cmt_gen.latency.calibration_file import load_calibration
+    from cmt_gen.latency.evaluate import predict_rows, summary
 
     args.out.mkdir(parents=True, exist_ok=True)
     quick = args.quick
@@ -64,17 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         cal = load_calibration(args.calibration)
         print(f"calibration: reused {args.calibration} (took {cal.seconds:.0f} s when made)")
     else:
-        last = [0.0]
+        # Calibrated in a child process, as `cmt-gen calibrate` runs apart from `predict --measure`: in one
+        # process, the specs profiled first after calibrating measured up to 15% slow (a 6-of-30 miss).
+        import multiprocessing
 
-        def progress(done: int, total: int, what: str) -> None:
-            if time.perf_counter() - last[0] > 15 or done == total:
-                last[0] = time.perf_counter()
-                print(f"  calibrating {done}/{total}: {what}", flush=True)
-
-        cal = calibrate(device=args.device, threads=args.threads, batch_size=1 if quick else None, form=args.form,
-                        blocks_per_stage=3 if quick else 24, min_time=0.0 if quick else 0.15,
-                        repeats=1 if quick else 3, progress=progress)
-        save_calibration(cal, args.out / "calibration.json")
+        child = multiprocessing.get_context("spawn").Process(target=calibrate_into, args=(args, args.out))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            print(f"calibration failed (exit {child.exitcode})")
+            return 1
+        cal = load_calibration(args.out / "calibration.json")
         print(f"calibration: {cal.seconds:.1f} s for {len(cal.measurements)} blocks; fit median/worst error "
               + ", ".join(f"{k} {m.median_error:.1%}/{m.worst_error:.1%}" for k, m in cal.parts.items()), flush=True)
 
@@ -84,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = predict_rows([s.spec for s in sampled.samples], cal)
     min_time, repeats = (0.0, 1) if quick else (args.min_time, args.repeats)
     measure_started = time.perf_counter()
-    measure_rows(rows, cal, min_time=min_time, repeats=repeats)
+    passes = 1 if quick else args.passes
+    measure_fastest(rows, cal, passes, min_time=min_time, repeats=repeats)
     measure_s = time.perf_counter() - measure_started
     for r in rows:
         shown = f"{r.measured_images_per_s:8.2f}" if r.measured_images_per_s else f"failed: {r.measure_error}"
@@ -108,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         design_report = {"target_images_per_s": target, "seconds": design_s, "feasible": found.feasible}
         if found.best is not None:
             best = predict_rows([found.best.spec], cal)
-            measure_rows(best, cal, min_time=min_time, repeats=repeats)
+            measure_fastest(best, cal, passes, min_time=min_time, repeats=repeats)
             got = best[0].measured_images_per_s
             design_report.update(predicted_images_per_s=best[0].prediction.images_per_s, measured_images_per_s=got,
                                  error_vs_target=None if got is None else got / target - 1)

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Lower number = lower layer. A module may import its own layer and any lower one.
 LAYERS = {
-    "errors": 0, "files": 0, "host_allocator": 0,
+    "errors": 0, "files": 0, "host_allocator": 0, "onednn_cache": 0,
     "spec": 1,
     "cost": 2,
     "model": 3,

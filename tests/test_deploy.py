@@ -338,3 +338,51 @@ def test_deploy_form_passes_gradients_to_its_input() -> None:
     x = torch.randn(1, 3, 64, 64, requires_grad=True)
     deployed(x).sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+def test_compiled_deploy_form_matches_eager_with_token_linears_on_onednn() -> None:
+    """Under torch.compile on CPU the token linears become 1x1 convs (packed oneDNN, activation fused)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cmt_gen.export.graph import InferenceGraph
+    from cmt_gen.profile.backends import compile_model
+    from cmt_gen.profile.settings import resolve_settings
+
+    model = trained_looking(build_model(tiny_spec_dict()).eval()).reparameterize()
+    compiled = compile_model(InferenceGraph(model), resolve_settings(device="cpu", backend="compile"))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+        got = compiled(x)
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            compiled(x)
+    assert (got - expected).abs().max() <= REL_TOL * expected.abs().max()
+    calls = {event.key: event.count for event in trace.key_averages()}
+    assert calls.get("mkldnn::_convolution_pointwise", 0) > 20, calls
+    # Only the classifier's (B, C) linear is left to MKL; every token linear went through oneDNN.
+    assert calls.get("mkl::_mkl_linear", 0) + calls.get("aten::addmm", 0) <= 1, calls
+
+
+@pytest.mark.slow
+def test_onnx_export_runs_the_irffn_in_nchw_with_the_same_outputs(tmp_path) -> None:
+    """The ONNX graph's IRFFN (NCHW convolutions, see DeployIRFFN._forward_nchw) equals the eager deploy form."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from cmt_gen.export.formats import load_runner, write_export
+    from cmt_gen.export.graph import InferenceGraph
+
+    model = trained_looking(build_model(tiny_spec_dict()).eval()).reparameterize()
+    path = tmp_path / "deploy.onnx"
+    write_export("onnx", InferenceGraph(model), torch.randn(2, 3, 64, 64), model.total_stride, path)
+    run = load_runner("onnx", path, threads=1)
+    for shape in ((2, 3, 64, 64), (1, 3, 96, 128)):
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            expected = model(x)
+        assert (run(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    blocks = sum(len(stage.blocks) for stage in model.stages)
+    # per block: the LPU's, the K/V reduction's and the IRFFN's three convolutions
+    assert ops.count("Conv") >= 3 * blocks

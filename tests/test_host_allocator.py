@@ -101,3 +101,30 @@ def test_compiled_cpu_inference_freezes_weights():
             compiled(x)
     ops = {event.key for event in trace.key_averages()}
     assert "mkldnn::_convolution_pointwise" in ops, sorted(ops)  # pre-packed weights, GELU fused
+
+
+def test_onednn_cache_is_enlarged_before_models_run_unless_the_user_chose(monkeypatch):
+    from cmt_gen.onednn_cache import CAPACITY, CAPACITY_ENV, enlarge_primitive_cache
+
+    monkeypatch.delenv(CAPACITY_ENV, raising=False)
+    assert enlarge_primitive_cache() == str(CAPACITY)
+    monkeypatch.setenv(CAPACITY_ENV, "512")
+    assert enlarge_primitive_cache() == "512"
+
+
+def test_cli_processes_start_with_the_larger_onednn_cache():
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    from cmt_gen.onednn_cache import CAPACITY, CAPACITY_ENV
+
+    # `cmt-gen list` runs no model; the variable is set for the whole process before any command does.
+    script = ("import os, sys\nfrom cmt_gen.cli.app import main\n"
+              "try:\n    main(['list'])\nexcept SystemExit:\n    pass\n"
+              f"print('capacity', os.environ.get({CAPACITY_ENV!r}), file=sys.stderr)")
+    env = {k: v for k, v in subprocess_env().items() if k != CAPACITY_ENV}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"capacity {CAPACITY}" in done.stderr

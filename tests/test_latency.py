@@ -74,7 +74,10 @@ def test_fit_recovers_representable_timings_exactly(calibration):
 
 def test_prediction_is_the_sum_of_its_parts_exactly(calibration):
     assert calibration.network_factor == pytest.approx(FACTOR, rel=1e-6)
-    assert [r.name for r in calibration.references] == ["cmt_ti", "cmt_xs", "cmt_ti"]
+    from cmt_gen.latency.calibrate import REFERENCE_NETWORKS
+
+    assert [r.name for r in calibration.references] == [name for name, _, _ in REFERENCE_NETWORKS]
+    assert len({(r.resolution, r.parts_seconds) for r in calibration.references}) == len(REFERENCE_NETWORKS)
     for spec in (load_spec("cmt_xs"), load_spec(tiny_spec_dict())):
         expected = FACTOR * sum(calls * fake_timer(part) for part, calls in spec_parts(spec))
         got = predict_latency(spec, calibration)

@@ -241,3 +241,18 @@ def test_random_yaml_files_raise_only_our_error(text, cut, junk):
     yaml_texts)))
 def test_random_overrides_raise_only_our_error(text):
     _load_or_own_error("cmt_ti", [text])
+
+
+def test_deep_nesting_is_refused_whatever_the_recursion_limit():
+    """torch.compile raises Python's recursion limit for the rest of the process; the depth rule stays."""
+    import sys
+
+    before = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(before, 20000))
+    try:
+        with pytest.raises(SpecError, match="nests too deeply"):
+            parse_yaml_text("[" * 800 + "]" * 800, "doc.yaml")
+        with pytest.raises(SpecError, match="nests too deeply"):
+            parse_yaml_text("{a: " * 100 + "1" + "}" * 100, "doc.yaml")
+    finally:
+        sys.setrecursionlimit(before)

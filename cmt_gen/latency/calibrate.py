@@ -8,8 +8,9 @@ reduction. Draws are stratified over map sizes and seeded, so two calibrations
 time the same shapes. Stems, patch aggregations and heads are sampled the same
 way. A block over `MAX_MACS_PER_IMAGE` is redrawn to keep the run short.
 
-Last, a few whole reference networks (CMT-Ti, CMT-XS, CMT-Ti at 224 px) are
-timed and compared with the sum of their fitted parts: the median ratio is the
+Last, seven whole reference networks (CMT-Ti and CMT-XS as released and five
+reshaped ones, see `REFERENCE_NETWORKS`) are timed and compared with the sum
+of their fitted parts: the median ratio is the
 calibration's `network_factor`, what running blocks back to back inside one
 network (caches holding other blocks' weights, the glue between stages) costs
 beyond timing each alone. It multiplies every prediction.
@@ -40,7 +41,25 @@ STAGE_REDUCTIONS = (8, 4, 2, 1)
 STAGE_CHANNELS = (64, 128, 256, 512)  # CMT-S; sampled from 0.3x to 2.2x
 RESOLUTIONS = tuple(range(64, 321, 32))  # small inputs pin down the per-call overhead
 MAX_MACS_PER_IMAGE = 700e6
-REFERENCE_NETWORKS = (("cmt_ti", None), ("cmt_xs", None), ("cmt_ti", 224))
+
+def _per_stage(field: str, values: tuple) -> list[str]:
+    return [f"stages.{i}.{field}={v}" for i, v in enumerate(values)]
+
+
+# Whole networks timed for the network factor: the family as released plus reshaped ones (narrower and
+# wider stages, low and high expansion, other depths and sizes), so the factor is a median over the
+# kinds of networks `design` and `sample` produce, not over three of one family only.
+REFERENCE_NETWORKS: tuple[tuple[str, str, list[str]], ...] = (
+    ("cmt_ti", "cmt_ti", []),
+    ("cmt_xs", "cmt_xs", []),
+    ("cmt_ti at 224 px", "cmt_ti", ["resolution=224"]),
+    ("cmt_xs, expansion 2.5, at 160 px", "cmt_xs", ["resolution=160", *_per_stage("expansion", (2.5,) * 4)]),
+    ("cmt_xs, wide (64-512), deep stage 3, at 224 px", "cmt_xs",
+     ["resolution=224", *_per_stage("channels", (64, 128, 256, 512)), "stages.2.depth=8"]),
+    ("cmt_ti, narrow (32-256), expansion 5, at 256 px", "cmt_ti",
+     ["resolution=256", *_per_stage("channels", (32, 64, 128, 256)), *_per_stage("expansion", (5.0,) * 4)]),
+    ("cmt_xs at 256 px", "cmt_xs", ["resolution=256"]),
+)
 DEFAULT_BLOCKS_PER_STAGE = 24
 DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the fastest kept)
 
@@ -188,10 +207,10 @@ def _reference_times(whole: NetworkTimer | None, models: dict, batch: int, progr
     from cmt_gen.spec.loading import load_spec
 
     found = []
-    for name, resolution in REFERENCE_NETWORKS:
-        spec = load_spec(name, None if resolution is None else [f"resolution={resolution}"])
+    for name, base, overrides in REFERENCE_NETWORKS:
+        spec = load_spec(base, overrides or None)
         if progress:
-            progress(done, done, f"reference network {name} at {spec.resolution} px")
+            progress(done, done, f"reference network {name}")
         parts = sum(calls * predict(models[p.kind].coefficients, p.features(batch)) for p, calls in spec_parts(spec))
         found.append({"name": name, "resolution": spec.resolution, "measured_seconds": float(whole(spec)),
                       "parts_seconds": parts})

@@ -15,9 +15,11 @@ are copied. 1x1 convolutions run as linears on the tokens.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cmt_gen.model import layers as L
+from cmt_gen.model import onednn
 from cmt_gen.model.attention_kernels import attend, default_kernel
 from cmt_gen.model.deploy_layers import (
     BiasAtSize,
@@ -226,9 +228,28 @@ class DeployIRFFN(L.IRFFN):
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, N, C) tokens -> (B, N, C)."""
+        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
+            if onednn.onnx_export():
+                return self._forward_nchw(x, h, w)
         y = self.expand_norm(self.expand_fc(x))
         y = self.local_conv(tokens_as_map(y, h, w))
         return self.project_fc(map_as_tokens(y))
+
+    @torch.jit.unused
+    def _forward_nchw(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The same IRFFN as three NCHW convolutions, for ONNX export.
+
+        ONNX has no channels-last layout, so the token form would transpose the
+        expanded (4x-wide) map on its way into and out of the depthwise conv;
+        here only the C-wide tokens are transposed, once in and once out.
+        """
+        y = onednn.activate(F.conv2d(tokens_as_map(x, h, w), self.expand_fc.weight[:, :, None, None],
+                                     self.expand_fc.bias), "gelu")
+        y = torch.addcmul(self.expand_norm.shift[:, None, None], y, self.expand_norm.scale[:, None, None])
+        conv = self.local_conv
+        y = onednn.activate(F.conv2d(y, conv.weight, conv.bias, conv.stride, conv.padding, 1, conv.groups), "gelu")
+        y = F.conv2d(y, self.project_fc.weight[:, :, None, None], self.project_fc.bias)
+        return map_as_tokens(y)
 
 
 def reparameterize_irffn(ffn: L.IRFFN) -> None:

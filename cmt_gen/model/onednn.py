@@ -13,6 +13,8 @@ its own oneDNN fusion) sees the portable `F.linear` / `F.conv2d` + activation.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -43,10 +45,49 @@ def activate(x: torch.Tensor, act: str) -> torch.Tensor:
 
 
 @torch.jit.unused
+def onnx_export() -> bool:
+    return torch.onnx.is_in_onnx_export()
+
+
+@torch.jit.unused
 def inductor_on_cpu(x: torch.Tensor) -> bool:
     """True while torch.compile (not torch.export, not ONNX) records a CPU forward."""
     return x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting() \
         and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+
+
+# id(weight) -> (weak reference to the weight, its version, {rows: packed weight}); see `packed_weight`.
+_PACKED: dict[int, tuple[weakref.ref, int, dict[int, torch.Tensor]]] = {}
+ROW_COUNTS_KEPT = 2  # per weight: the throughput batch and batch 1, say
+
+
+@torch.jit.unused
+def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` reordered once into oneDNN's blocked layout for `rows` input rows, then reused.
+
+    Unpacked, oneDNN reorders the weight on every call: 3-20% of a linear's time
+    here, most at batch 1 (measured: CMT-S deploy form 7-9% faster per forward).
+    The pack is keyed by the weight object and its version counter, so an
+    in-place update (`load_state_dict`, `copy_`) or a new weight repacks, and it
+    is dropped with the weight. It costs one more copy of each linear's weight
+    per row count kept. A weight created under inference_mode has no version
+    counter, so it is used unpacked.
+    """
+    if weight.is_inference():  # made under inference_mode: no version counter to notice an update by
+        return weight
+    key = id(weight)
+    entry = _PACKED.get(key)
+    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
+        entry = (weakref.ref(weight), weight._version, {})
+        if key not in _PACKED:
+            weakref.finalize(weight, _PACKED.pop, key, None)
+        _PACKED[key] = entry
+    packs = entry[2]
+    if rows not in packs:
+        if len(packs) >= ROW_COUNTS_KEPT:
+            packs.pop(next(iter(packs)))
+        packs[rows] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+    return packs[rows]
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none",
@@ -54,7 +95,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act
     """act(x @ weight^T + bias) over the last dimension of `x`."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
         if use_onednn and onednn_usable(x) and x.is_contiguous():
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, act, [], "none" if act == "gelu" else "")
+            packed = packed_weight(weight, x.numel() // x.shape[-1])
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
         if use_onednn and x.dim() == 3 and inductor_on_cpu(x):
             return token_linear_as_conv(x, weight, bias, act)
     return activate(F.linear(x, weight, bias), act)

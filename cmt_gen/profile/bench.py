@@ -154,8 +154,12 @@ def thread_count(threads: int | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def run_environment(settings: ProfileSettings) -> Iterator[None]:
-    """Threads, device flags and the host allocator policy of a run, all restored after."""
+    """Threads, device flags and the host allocator policy of a run, all restored after; and, before the
+    process's first oneDNN kernel, room in oneDNN's cache for the many networks of a run (onednn_cache)."""
     from cmt_gen.host_allocator import allocator_policy
+    from cmt_gen.onednn_cache import enlarge_primitive_cache
+
+    enlarge_primitive_cache()
 
     with thread_count(settings.threads), device_flags(settings), allocator_policy(settings.allocator):
         yield

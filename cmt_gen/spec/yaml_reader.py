@@ -12,6 +12,9 @@ from cmt_gen.errors import SpecError
 
 MAX_SPEC_BYTES = 1 << 20
 MAX_YAML_NODES = 20_000
+# A spec nests four levels (stages -> list -> stage -> field). The limit is checked explicitly, not left to
+# Python's recursion limit, which torch.compile raises for the rest of the process.
+MAX_YAML_DEPTH = 64
 
 
 class _GuardedLoader(yaml.SafeLoader):
@@ -32,6 +35,19 @@ class _GuardedLoader(yaml.SafeLoader):
             with contextlib.suppress(TypeError):  # an unhashable key; the constructor reports it
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _depth(node: yaml.Node) -> int:
+    """How deeply collections nest under `node` (iterative; call it once aliases are known to be bounded)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend((child, level + 1) for child in current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend((child, level + 1) for pair in current.value for child in pair)
+    return deepest
 
 
 def _expanded_size(node: yaml.Node, memo: dict[int, int], budget: int) -> int:
@@ -71,6 +87,9 @@ def parse_yaml_text(text: str, origin: str) -> Any:
                 "(an alias bomb?); write the spec out plainly",
                 source=origin,
             )
+        if _depth(node) > MAX_YAML_DEPTH:
+            raise SpecError(f"YAML nests too deeply (more than {MAX_YAML_DEPTH} levels); a spec nests four",
+                            source=origin)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
