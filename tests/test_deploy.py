@@ -386,3 +386,47 @@ def test_onnx_export_runs_the_irffn_in_nchw_with_the_same_outputs(tmp_path) -> N
     blocks = sum(len(stage.blocks) for stage in model.stages)
     # per block: the LPU's, the K/V reduction's and the IRFFN's three convolutions
     assert ops.count("Conv") >= 3 * blocks
+
+
+@pytest.mark.slow
+def test_compiled_cpu_inference_freezes_weights():
+    """`torch.compile(options={"freezing": True})` is ignored under inference_mode in torch 2.14; ours is not."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from cmt_gen.profile.backends import compile_model
+    from cmt_gen.profile.settings import resolve_settings
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 8, 1)).eval()
+    x = torch.randn(2, 3, 16, 16)
+    compiled = compile_model(model, resolve_settings(device="cpu", backend="compile"))
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.allclose(compiled(x), expected, atol=1e-5)
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            compiled(x)
+    ops = {event.key for event in trace.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ops, sorted(ops)  # pre-packed weights, GELU fused
+
+
+def test_packed_linear_weights_follow_updates_and_go_with_the_weight() -> None:
+    import gc
+
+    import torch.nn.functional as F
+
+    from cmt_gen.model import onednn
+
+    if not onednn._HAVE_ONEDNN:
+        pytest.skip("needs torch's oneDNN ops")
+    weight, bias, x = torch.randn(32, 16), torch.randn(32), torch.randn(2, 10, 16)
+    for step in range(2):
+        with torch.inference_mode():
+            got = onednn.linear(x, weight, bias, "gelu")
+        assert torch.allclose(got, F.gelu(F.linear(x, weight, bias)), atol=1e-5), step
+        with torch.no_grad():
+            weight.mul_(2)  # in place: the version counter moves, the pack is redone
+    key = id(weight)
+    assert key in onednn._PACKED
+    del weight
+    gc.collect()
+    assert key not in onednn._PACKED

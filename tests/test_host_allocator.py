@@ -82,27 +82,6 @@ def test_profile_and_calibration_record_the_allocator(cli, tiny_spec_file, tmp_p
     assert CalibrationSettings(**old).allocator == "system"
 
 
-@pytest.mark.slow
-def test_compiled_cpu_inference_freezes_weights():
-    """`torch.compile(options={"freezing": True})` is ignored under inference_mode in torch 2.14; ours is not."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    from cmt_gen.profile.backends import compile_model
-    from cmt_gen.profile.settings import resolve_settings
-
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(8, 8, 1)).eval()
-    x = torch.randn(2, 3, 16, 16)
-    compiled = compile_model(model, resolve_settings(device="cpu", backend="compile"))
-    with torch.inference_mode():
-        expected = model(x)
-        assert torch.allclose(compiled(x), expected, atol=1e-5)
-        with profile(activities=[ProfilerActivity.CPU]) as trace:
-            compiled(x)
-    ops = {event.key for event in trace.key_averages()}
-    assert "mkldnn::_convolution_pointwise" in ops, sorted(ops)  # pre-packed weights, GELU fused
-
-
 def test_onednn_cache_is_enlarged_before_models_run_unless_the_user_chose(monkeypatch):
     from cmt_gen.onednn_cache import CAPACITY, CAPACITY_ENV, enlarge_primitive_cache
 

@@ -54,7 +54,7 @@ class FrozenCompiled:
     Freezing turns the weights into constants, so inductor pre-packs them for
     oneDNN and fuses activations into convolutions. `torch.compile(options=
     {"freezing": True})` is silently ignored by torch 2.14 when the first call
-    runs under inference_mode (checked in tests/test_backends.py), so the flag
+    runs under inference_mode (checked in tests/test_deploy.py), so the flag
     is set around each call instead: compilation happens inside a call.
     """
 
