@@ -154,7 +154,8 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
             if hasattr(module, "fused"):
                 module.fused = True
         variants = {REFERENCE: released, "as built (SDPA)": as_built, "deploy, system allocator": deploy}
-        return variants, dict.fromkeys(variants, x), notes, released(x)
+        with torch.inference_mode():
+            return variants, dict.fromkeys(variants, x), notes, released(x)
     variants = {SAME_RUNTIME_REFERENCE: released, "deploy": deploy}
     inputs = dict.fromkeys(variants, x)
     if not args.no_compile:
@@ -162,7 +163,8 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
 
         start = time.perf_counter()
         compiled = FrozenCompiled(torch.compile(InferenceGraph(deploy)))
-        compiled(x)
+        with torch.inference_mode():
+            compiled(x)
         notes["deploy + compile"] = f"compile {time.perf_counter() - start:.0f} s (not in the times)"
         variants["deploy + compile"] = compiled
     if not args.no_onnx:
@@ -180,7 +182,8 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
         for name, undo in ABLATIONS.items():
             variants[f"deploy without {name}"] = undo(copy.deepcopy(deploy))
     inputs.update({k: x for k in variants if k not in inputs})
-    return variants, inputs, notes, released(x)
+    with torch.inference_mode():
+        return variants, inputs, notes, released(x)
 
 
 def worker(conn, argv: list[str], allocator: str) -> None:
@@ -193,8 +196,10 @@ def worker(conn, argv: list[str], allocator: str) -> None:
     if allocator == "retain":
         set_policy("retain")  # the system worker never calls mallopt: glibc's own dynamic defaults
     torch.set_num_threads(args.threads)
+    # Built outside inference_mode: weights made under it have no version counter, and the deploy form's
+    # linears then run with unpacked weights (model/onednn.packed_weight), as no user's model would.
+    variants, inputs, notes, reference = make_variants(args, allocator)
     with torch.inference_mode():
-        variants, inputs, notes, reference = make_variants(args, allocator)
         agreement = {name: cosine(fn(inputs[name]).float(), reference) for name, fn in variants.items()}
         conn.send((list(variants), notes, agreement))
         while True:
