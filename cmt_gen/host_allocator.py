@@ -40,7 +40,7 @@ _SETTLED_MMAP_THRESHOLD = 32 << 20
 _SETTLED_TRIM_THRESHOLD = 64 << 20
 _KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
 
-_state = {"current": "system", "changed": False}
+_state = {"current": "system"}
 
 
 def preloaded_allocator() -> str | None:
@@ -105,7 +105,7 @@ def set_policy(policy: str) -> str:
         mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX)
         mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
         mallopt(_M_TRIM_THRESHOLD, _SETTLED_TRIM_THRESHOLD)
-    _state.update(current=policy, changed=True)
+    _state["current"] = policy
     return before
 
 
@@ -116,9 +116,8 @@ def current_policy() -> str:
 @contextlib.contextmanager
 def allocator_policy(policy: str) -> Iterator[str]:
     """Run a block under `policy` (resolved for CPU); the policy before is restored after."""
-    resolved = resolve_policy(policy)
-    before = set_policy(resolved)
+    before = set_policy(policy)
     try:
-        yield resolved
+        yield current_policy()
     finally:
         set_policy(before)
