@@ -56,28 +56,29 @@ def _graphs(model: torch.nn.Module, example: torch.Tensor) -> dict[str, torch.nn
         }
 
 
+def assert_graphs_match_eager(model: torch.nn.Module, inputs: list[torch.Tensor], example: torch.Tensor,
+                              what: str) -> None:
+    """Every graph of `model` (made from `example`) gives the eager outputs on every input."""
+    with torch.no_grad():
+        want = [model(x) for x in inputs]
+        for label, graph in _graphs(model, example).items():
+            for x, w in zip(inputs, want, strict=True):
+                assert_same(graph(x), w, f"{what} {label} at {tuple(x.shape[-2:])}")
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_script_trace_and_fx_match_eager_at_every_size(released_model, name):
     """Traced at the spec's resolution; the big variants are then compared at small sizes only (CPU time)."""
     model = released_model(name)
     r = model.spec.resolution
-    inputs = _inputs(r, native=name == "cmt_ti")
-    with torch.no_grad():
-        want = [model(x) for x in inputs]
-        for label, graph in _graphs(model, torch.randn(1, 3, r, r)).items():
-            for x, w in zip(inputs, want, strict=True):
-                assert_same(graph(x), w, f"{name} {label} at {tuple(x.shape[-2:])}")
+    assert_graphs_match_eager(model, _inputs(r, native=name == "cmt_ti"), torch.randn(1, 3, r, r), name)
 
 
 def test_features_model_scripts_and_traces():
     torch.manual_seed(0)
     model = build_model(tiny_spec_dict(), features_only=True, out_indices=(1, 3)).eval()
     inputs = _inputs(64)
-    with torch.no_grad():
-        want = [model(x) for x in inputs]
-        for label, graph in _graphs(model, inputs[0]).items():
-            for x, w in zip(inputs, want, strict=True):
-                assert_same(graph(x), w, f"features {label}")
+    assert_graphs_match_eager(model, inputs, inputs[0], "features")
 
 
 @pytest.mark.parametrize("option", [{"position_bias": "block", "reduction_kind": "avgpool"},
@@ -87,11 +88,7 @@ def test_every_block_option_scripts_and_traces(option):
     torch.manual_seed(0)
     model = build_model(tiny_spec_dict(block=option)).eval()
     inputs = _inputs(64)
-    with torch.no_grad():
-        want = [model(x) for x in inputs]
-        for label, graph in _graphs(model, inputs[0]).items():
-            for x, w in zip(inputs, want, strict=True):
-                assert_same(graph(x), w, f"{option} {label}")
+    assert_graphs_match_eager(model, inputs, inputs[0], str(option))
 
 
 def test_eager_checks_stay_and_do_not_enter_graphs():
