@@ -23,10 +23,15 @@ _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn
 
 
 @torch.jit.unused
+def onnx_export() -> bool:
+    return torch.onnx.is_in_onnx_export()
+
+
+@torch.jit.unused
 def graph_capture() -> bool:
     """True while a tracer or compiler is recording the forward instead of running it."""
     return (torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export())
+            or torch.compiler.is_exporting() or onnx_export())
 
 
 @torch.jit.unused
@@ -45,15 +50,10 @@ def activate(x: torch.Tensor, act: str) -> torch.Tensor:
 
 
 @torch.jit.unused
-def onnx_export() -> bool:
-    return torch.onnx.is_in_onnx_export()
-
-
-@torch.jit.unused
 def inductor_on_cpu(x: torch.Tensor) -> bool:
     """True while torch.compile (not torch.export, not ONNX) records a CPU forward."""
     return x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting() \
-        and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+        and not onnx_export() and not torch.jit.is_tracing()
 
 
 # id(weight) -> (weak reference to the weight, its version, {rows: packed weight}); see `packed_weight`.
