@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmt_gen.model import deploy as D
+from cmt_gen.model import onednn
 
 
 class TokenAffine(nn.Module):
@@ -143,6 +144,35 @@ def without_channels_last(model):
     return CopyingViews(model)
 
 
+class Patched(nn.Module):
+    """Runs the model with some module attributes replaced for the duration of each call."""
+
+    def __init__(self, model: nn.Module, patches: list[tuple[object, str, object]]):
+        super().__init__()
+        self.model, self.patches = model, patches
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in self.patches]
+        for owner, name, value in self.patches:
+            setattr(owner, name, value)
+        try:
+            return self.model(x)
+        finally:
+            for owner, name, value in saved:
+                setattr(owner, name, value)
+
+
+def without_image_chunks(model):
+    """Every stage on the whole batch at once (`model.cache_chunks`)."""
+    return Patched(model, [(D, "image_chunks", lambda tokens, widest: [tokens])])
+
+
+def without_packed_weights(model):
+    """oneDNN reorders each linear and conv weight on every call (`model.onednn._cached_pack`)."""
+    return Patched(model, [(onednn, "packed_weight", lambda weight, rows: weight),
+                           (onednn, "packed_conv_weight", lambda weight, *shape: weight)])
+
+
 ABLATIONS = {
     "norm folds (BN, LN affine)": without_norm_folds,
     "residual folds (centre tap)": without_residual_folds,
@@ -150,4 +180,6 @@ ABLATIONS = {
     "channels-last views": without_channels_last,
     "oneDNN linear/conv + fused activation": without_onednn,
     "attention kernel choice (SDPA instead)": with_sdpa,
+    "cache-sized image chunks": without_image_chunks,
+    "pre-packed oneDNN weights": without_packed_weights,
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -409,20 +410,46 @@ def test_compiled_cpu_inference_freezes_weights():
     assert "mkldnn::_convolution_pointwise" in ops, sorted(ops)  # pre-packed weights, GELU fused
 
 
-def test_packed_linear_weights_follow_updates_and_go_with_the_weight() -> None:
-    import gc
-
+def _linear_case() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Callable, Callable]:
     import torch.nn.functional as F
+
+    from cmt_gen.model import onednn
+
+    weight, bias = torch.randn(32, 16), torch.randn(32)
+    inputs = [torch.randn(2, 10, 16), torch.randn(1, 10, 16), torch.randn(3, 7, 16)]
+    return (weight, bias, inputs, lambda x, w, b: onednn.linear(x, w, b, "gelu"),
+            lambda x, w, b: F.gelu(F.linear(x, w, b)))
+
+
+def _depthwise_case() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Callable, Callable]:
+    import torch.nn.functional as F
+
+    from cmt_gen.model import onednn
+
+    weight, bias = torch.randn(16, 1, 3, 3), torch.randn(16)
+    shapes = ((2, 16, 8, 8), (1, 16, 8, 8), (3, 16, 5, 5))
+    inputs = [torch.randn(shape).contiguous(memory_format=torch.channels_last) for shape in shapes]
+    return (weight, bias, inputs, lambda x, w, b: onednn.conv2d(x, w, b, 1, 1, 16, "gelu"),
+            lambda x, w, b: F.gelu(F.conv2d(x, w, b, 1, 1, 1, 16)))
+
+
+@pytest.mark.parametrize("case", [_linear_case, _depthwise_case], ids=["linear", "depthwise-conv"])
+def test_packed_weights_follow_updates_and_go_with_the_weight(case: Callable) -> None:
+    """Packs are made per input shape (at most two kept), redone after an in-place update,
+    and dropped with the weight; every shape, packed for or not, gives the right answer."""
+    import gc
 
     from cmt_gen.model import onednn
 
     if not onednn._HAVE_ONEDNN:
         pytest.skip("needs torch's oneDNN ops")
-    weight, bias, x = torch.randn(32, 16), torch.randn(32), torch.randn(2, 10, 16)
+    weight, bias, inputs, fast, reference = case()
     for step in range(2):
-        with torch.inference_mode():
-            got = onednn.linear(x, weight, bias, "gelu")
-        assert torch.allclose(got, F.gelu(F.linear(x, weight, bias)), atol=1e-5), step
+        for x in inputs:  # the third shape evicts the first pack
+            with torch.inference_mode():
+                got = fast(x, weight, bias)
+            assert torch.allclose(got, reference(x, weight, bias), atol=1e-5), (step, tuple(x.shape))
+        assert len(onednn._PACKED[id(weight)][2]) == onednn.INPUT_KEYS_KEPT
         with torch.no_grad():
             weight.mul_(2)  # in place: the version counter moves, the pack is redone
     key = id(weight)

@@ -14,6 +14,7 @@ its own oneDNN fusion) sees the portable `F.linear` / `F.conv2d` + activation.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -56,22 +57,20 @@ def inductor_on_cpu(x: torch.Tensor) -> bool:
         and not onnx_export() and not torch.jit.is_tracing()
 
 
-# id(weight) -> (weak reference to the weight, its version, {rows: packed weight}); see `packed_weight`.
-_PACKED: dict[int, tuple[weakref.ref, int, dict[int, torch.Tensor]]] = {}
-ROW_COUNTS_KEPT = 2  # per weight: the throughput batch and batch 1, say
+# id(weight) -> (weak reference to the weight, its version, {input key: packed weight}); see `_cached_pack`.
+_PACKED: dict[int, tuple[weakref.ref, int, dict[object, torch.Tensor]]] = {}
+INPUT_KEYS_KEPT = 2  # packs per weight: the throughput batch and batch 1, say
 
 
 @torch.jit.unused
-def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """`weight` reordered once into oneDNN's blocked layout for `rows` input rows, then reused.
+def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`pack()` (the weight in oneDNN's blocked layout for inputs like `input_key`), made once, reused.
 
-    Unpacked, oneDNN reorders the weight on every call: 3-20% of a linear's time
-    here, most at batch 1 (measured: CMT-S deploy form 7-9% faster per forward).
     The pack is keyed by the weight object and its version counter, so an
     in-place update (`load_state_dict`, `copy_`) or a new weight repacks, and it
-    is dropped with the weight. It costs one more copy of each linear's weight
-    per row count kept. A weight created under inference_mode has no version
-    counter, so it is used unpacked.
+    is dropped with the weight. It costs one more copy of the weight per input
+    key kept. A weight created under inference_mode has no version counter, so
+    it is used unpacked.
     """
     if weight.is_inference():  # made under inference_mode: no version counter to notice an update by
         return weight
@@ -83,11 +82,32 @@ def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
             weakref.finalize(weight, _PACKED.pop, key, None)
         _PACKED[key] = entry
     packs = entry[2]
-    if rows not in packs:
-        if len(packs) >= ROW_COUNTS_KEPT:
+    if input_key not in packs:
+        if len(packs) >= INPUT_KEYS_KEPT:
             packs.pop(next(iter(packs)))
-        packs[rows] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
-    return packs[rows]
+        packs[input_key] = pack()
+    return packs[input_key]
+
+
+@torch.jit.unused
+def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """A linear's weight packed for `rows` input rows.
+
+    Unpacked, oneDNN reorders the weight on every call: 3-20% of a linear's time
+    here, most at batch 1 (measured: CMT-S deploy form 7-9% faster per forward).
+    """
+    return _cached_pack(weight, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(weight, rows))
+
+
+@torch.jit.unused
+def packed_conv_weight(weight: torch.Tensor, x: torch.Tensor, padding: int, stride: int,
+                       groups: int) -> torch.Tensor:
+    """A convolution's weight packed for inputs shaped like `x` (oneDNN still runs other shapes
+    with it, reordering as needed). Saves 6-9 us a call, which is 15-25% of a batch-1 depthwise
+    conv (`benchmarks/bench_inference.py`, batch-1 rows)."""
+    shape = tuple(x.shape)
+    return _cached_pack(weight, shape, lambda: torch.ops.mkldnn._reorder_convolution_weight(
+        weight, [padding, padding], [stride, stride], [1, 1], groups, list(shape)))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none",
@@ -120,7 +140,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad
     """act(conv2d(x)); keeps a channels-last input channels-last."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
         if use_onednn and onednn_usable(x):
+            packed = packed_conv_weight(weight, x, padding, stride, groups)
             return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
+                x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
                 "none" if act == "gelu" else "")
     return activate(F.conv2d(x, weight, bias, stride, padding, 1, groups), act)
