@@ -15,6 +15,7 @@ from torch import nn
 
 from cmt_gen.model import deploy as D
 from cmt_gen.model import onednn
+from cmt_gen.model.deploy_layers import FusedConv, TokenLinear
 
 
 class TokenAffine(nn.Module):
@@ -91,11 +92,11 @@ def without_residual_folds(model):
 class SplitKV(nn.Module):
     """K and V as two linears (their outputs concatenated for the deploy forward: one extra copy)."""
 
-    def __init__(self, kv: D.TokenLinear):
+    def __init__(self, kv: TokenLinear):
         super().__init__()
         c = kv.weight.shape[0] // 2
-        self.k = D.TokenLinear(kv.weight[:c], kv.bias[:c])
-        self.v = D.TokenLinear(kv.weight[c:], kv.bias[c:])
+        self.k = TokenLinear(kv.weight[:c], kv.bias[:c])
+        self.v = TokenLinear(kv.weight[c:], kv.bias[c:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.k(x), self.v(x)], dim=-1)
@@ -110,7 +111,7 @@ def without_kv_fusion(model):
 def without_onednn(model):
     """Linears through `F.linear` (BLAS) and convs through `F.conv2d`, activations separate."""
     for module in model.modules():
-        if isinstance(module, (D.TokenLinear, D.FusedConv)):
+        if isinstance(module, (TokenLinear, FusedConv)):
             module.use_onednn = False
     return model
 
@@ -162,6 +163,14 @@ class Patched(nn.Module):
                 setattr(owner, name, value)
 
 
+def without_single_head_fold(model):
+    """One-head attention computes q and the output projection on all N tokens (`_single_head`)."""
+    for module in model.modules():
+        if isinstance(module, D.DeployLightweightMHSA):
+            module.fold_single_head = False
+    return model
+
+
 def without_image_chunks(model):
     """Every stage on the whole batch at once (`model.cache_chunks`)."""
     return Patched(model, [(D, "image_chunks", lambda tokens, widest: [tokens])])
@@ -180,6 +189,7 @@ ABLATIONS = {
     "channels-last views": without_channels_last,
     "oneDNN linear/conv + fused activation": without_onednn,
     "attention kernel choice (SDPA instead)": with_sdpa,
+    "single-head projections on keys/values": without_single_head_fold,
     "cache-sized image chunks": without_image_chunks,
     "pre-packed oneDNN weights": without_packed_weights,
 }

@@ -266,6 +266,30 @@ def test_torch_timer_measures_a_block():
     assert 0 < small < 1.0
 
 
+@pytest.mark.parametrize("form, chunk", [("deploy", 1), ("as-built", 3)])
+def test_blocks_are_timed_in_the_image_chunks_their_stage_runs(monkeypatch, form, chunk):
+    """On CPU a deploy stage runs a cache-spilling batch a few images at a time, so a deploy
+    calibration times each block on those chunks (here: a cache so small each image is one)."""
+    from cmt_gen.latency import measure
+    from cmt_gen.model import cache_chunks
+    from cmt_gen.profile.settings import resolve_settings
+
+    monkeypatch.setattr(cache_chunks, "last_level_cache_bytes", lambda: 2)
+    seen: list[int] = []
+    real = measure.build_part
+
+    def recording(part, options, batch):
+        module, inputs = real(part, options, batch)
+        module.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+        return module, inputs
+
+    monkeypatch.setattr(measure, "build_part", recording)
+    settings = resolve_settings(device="cpu", batch_size=3, threads=1, form=form)
+    timer = measure.TorchPartTimer(settings, measure.BlockOptions(), min_time=0.0, repeats=1, warmup=0, form=form)
+    assert timer(PartShape("block", 4, 4, 16, 16, 2, 2, 32)) > 0
+    assert seen and set(seen) == {chunk}
+
+
 @pytest.mark.slow
 def test_benchmark_reduced_form_runs(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/bench_latency.py", "--quick", "--out", str(tmp_path)],

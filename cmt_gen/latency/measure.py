@@ -37,7 +37,8 @@ class TorchPartTimer:
         self.clock = Clock(settings.device)
 
     def __call__(self, part: PartShape) -> float:
-        return self.time_module(*build_part(part, self.options, self.settings.batch_size))
+        module, inputs = build_part(part, self.options, self.settings.batch_size)
+        return self.time_module(module, inputs, chunk_width=part.hidden if part.kind == "block" else None)
 
     def network(self, spec) -> float:
         """Seconds per call of a whole network (the calibration's reference networks), timed twice as long."""
@@ -48,8 +49,14 @@ class TorchPartTimer:
         x = torch.randn(self.settings.batch_size, spec.in_channels, spec.resolution, spec.resolution)
         return self.time_module(build_model(spec), [x], 2 * self.min_time)
 
-    def time_module(self, module, inputs: list, min_time: float | None = None) -> float:
-        """Place a module and its inputs for the settings, then time calls like the profiler does."""
+    def time_module(self, module, inputs: list, min_time: float | None = None,
+                    chunk_width: int | None = None) -> float:
+        """Place a module and its inputs for the settings, then time calls like the profiler does.
+
+        `chunk_width` (a block's IRFFN width): call the deploy block on the image chunks its
+        stage would split the batch into (`model.cache_chunks`), one after the other, so the
+        part is timed as the whole network runs it.
+        """
         import contextlib
 
         import torch
@@ -69,12 +76,27 @@ class TorchPartTimer:
             stack.enter_context(torch.inference_mode())
             if amp:
                 stack.enter_context(torch.autocast(s.device_type, dtype=getattr(torch, s.compute_dtype)))
-            run = measure_throughput(lambda: module(*inputs), s.batch_size, self.clock, warmup=self.warmup,
+            calls = [inputs]
+            if chunk_width is not None and self.form == "deploy":
+                calls = _as_the_stage_chunks(inputs, chunk_width)
+            run = measure_throughput(lambda: [module(*args) for args in calls], s.batch_size, self.clock,
+                                     warmup=self.warmup,
                                      iters=1, min_time=self.min_time if min_time is None else min_time,
                                      repeats=self.repeats)
         # Other load on the machine only ever slows a kernel down: the fastest repeat is the
         # least disturbed estimate of the block's own time.
         return s.batch_size / max(run.rates)
+
+
+def _as_the_stage_chunks(inputs: list, width: int) -> list[list]:
+    """A block's call arguments, once per image chunk its deploy stage would run (`DeployCMTStage`)."""
+    from cmt_gen.model.cache_chunks import image_chunks
+    from cmt_gen.model.onednn import onednn_usable
+
+    tokens, rest = inputs[0], inputs[1:]
+    if not onednn_usable(tokens):
+        return [inputs]
+    return [[part, *rest] for part in image_chunks(tokens, width)]
 
 
 def build_part(part: PartShape, options: BlockOptions, batch: int):

@@ -20,15 +20,24 @@ from torch import nn
 
 from cmt_gen.model import layers as L
 from cmt_gen.model import onednn
-from cmt_gen.model.attention_kernels import attend, default_kernel
 from cmt_gen.model.cache_chunks import image_chunks
+from cmt_gen.model.deploy_attention import (
+    DeployKVReduction,
+    DeployLightweightMHSA,
+    affine_free,
+    fold_input_affine_into_attention,
+    reparameterize_attention,
+    reparameterize_kv_reduction,
+)
 from cmt_gen.model.deploy_layers import (
     BiasAtSize,
     ChannelAffine,
     FusedConv,
-    TokenLinear,
+    fold_linear_input,
     linear_layer,
     map_as_tokens,
+    require_eval,
+    set_conv,
     tokens_as_map,
 )
 from cmt_gen.model.folding import (
@@ -39,16 +48,6 @@ from cmt_gen.model.folding import (
     norm_affine,
     parameter,
 )
-
-
-def _require_eval(module: nn.Module) -> None:
-    if module.training:
-        raise RuntimeError("reparameterize() is for inference: call model.eval() first")
-
-
-def _set_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    conv.weight = parameter(weight)
-    conv.bias = parameter(bias)
 
 
 # ---------------------------------------------------------------- stem and patch aggregation
@@ -75,7 +74,7 @@ class DeployConvGeluBN(L.ConvGeluBN):
 def reparameterize_stem(stem: L.Stem) -> None:
     """Nothing inside folds (each BN follows a GELU and precedes a padded 3x3); the last BN is
     folded into stage 0's patch conv by `fold_into_patch_conv`."""
-    _require_eval(stem)
+    require_eval(stem)
     for unit in stem:
         unit.conv = FusedConv(unit.conv, "gelu")
         del unit.act
@@ -98,11 +97,11 @@ class DeployPatchAggregation(L.PatchAggregation):
 def fold_into_patch_conv(patch: L.PatchAggregation, norm: nn.Module) -> None:
     """An affine norm right before the unpadded 2x2 stride-2 conv folds into it exactly."""
     scale, shift = norm_affine(norm)
-    _set_conv(patch.conv, *fold_affine_before(patch.conv.weight, patch.conv.bias, scale, shift))
+    set_conv(patch.conv, *fold_affine_before(patch.conv.weight, patch.conv.bias, scale, shift))
 
 
 def reparameterize_patch_aggregation(patch: L.PatchAggregation) -> None:
-    _require_eval(patch)
+    require_eval(patch)
     patch.conv = FusedConv(patch.conv)
     patch.__class__ = DeployPatchAggregation
 
@@ -119,113 +118,10 @@ class DeployLocalPerceptionUnit(L.LocalPerceptionUnit):
 
 
 def reparameterize_lpu(lpu: L.LocalPerceptionUnit) -> None:
-    _require_eval(lpu)
+    require_eval(lpu)
     lpu.conv.weight = parameter(add_identity_to_depthwise(lpu.conv.weight))
     lpu.conv = FusedConv(lpu.conv)
     lpu.__class__ = DeployLocalPerceptionUnit
-
-
-class DeployKVReduction(L.KVReduction):
-    """Reduced K/V source as tokens: the strided conv (its BN folded in) or the pool, then conv_ln's
-    LayerNorm (affine-free once the attention folded its affine into K/V) or nothing."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(map_as_tokens(self.shrink(x)))
-
-
-def reparameterize_kv_reduction(reduce: L.KVReduction) -> None:
-    _require_eval(reduce)
-    if reduce.kind == "dwconv_bn":
-        scale, shift = norm_affine(reduce.norm)
-        _set_conv(reduce.conv, *fold_affine_after(reduce.conv.weight, reduce.conv.bias, scale, shift))
-        reduce.norm = nn.Identity()
-    if reduce.kind == "avgpool":
-        reduce.shrink, reduce.norm = reduce.pool, nn.Identity()
-    else:
-        reduce.shrink = FusedConv(reduce.conv)
-    reduce.pool = reduce.conv = None  # the training form's slots, unused now
-    reduce.__class__ = DeployKVReduction
-
-
-def affine_free(norm: nn.LayerNorm) -> nn.LayerNorm:
-    """The same normalisation without weight and bias (they were folded into the next layer)."""
-    return nn.LayerNorm(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
-
-
-# ---------------------------------------------------------------- attention
-class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
-    """LMHSA with the scale folded into q, one K/V matmul, a per-size cached position bias."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
-
-    def forward(self, x: torch.Tensor, h: int, w: int,
-                position_bias: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, c = x.shape
-        q = self._split_heads(self.q(x), b, n)
-        source = self.reduce(tokens_as_map(x, h, w)) if self.reduce is not None else x
-        m = source.shape[1]
-        kv = self.kv(source).reshape(b, m, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        bias = position_bias
-        if self.position_bias is not None:
-            bias = self._bias_at(self.position_bias, h, w, q.dtype)
-        out = attend(q, kv[0], kv[1], bias, self.kernel)
-        if self.heads == 1:
-            return self.proj(out.reshape(b, n, c))
-        return self.proj(out.transpose(1, 2).reshape(b, n, c))
-
-    def _split_heads(self, t: torch.Tensor, b: int, n: int) -> torch.Tensor:
-        """(B, N, C) -> (B, heads, N, d); with one head a plain view, so no exported graph
-        copies the tokens through a Transpose (ONNX Runtime does: 3.5 ms a call at stage 1)."""
-        if self.heads == 1:
-            return t.reshape(b, 1, n, self.head_dim)
-        return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-
-
-def _fold_linear_input(layer: TokenLinear, scale: torch.Tensor, shift: torch.Tensor) -> TokenLinear:
-    return linear_layer(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
-
-
-def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None) -> None:
-    """Scale into q, K and V into one linear, the reduction's norm folded (conv_ln: into K/V)."""
-    _require_eval(attn)
-    dim = attn.q.weight.shape[1]
-    ones = torch.ones(dim, dtype=torch.float64, device=attn.q.weight.device)
-    attn.q = linear_layer(*fold_affine_after(attn.q.weight, attn.q.bias, ones * attn.scale, ones * 0))
-    zeros = torch.zeros(dim, dtype=attn.k.weight.dtype, device=attn.k.weight.device)
-    attn.proj = linear_layer(attn.proj.weight, attn.proj.bias)
-    kv = linear_layer(torch.cat([attn.k.weight, attn.v.weight]),
-                 torch.cat([attn.k.bias if attn.k.bias is not None else zeros,
-                            attn.v.bias if attn.v.bias is not None else zeros]))
-    if attn.reduce is not None:
-        if not isinstance(attn.reduce, DeployKVReduction):
-            reparameterize_kv_reduction(attn.reduce)
-        if attn.reduce.kind == "conv_ln":
-            norm = attn.reduce.norm
-            kv = _fold_linear_input(kv, *norm_affine(norm))
-            attn.reduce.norm = affine_free(norm)
-    attn.kv = kv
-    del attn.k, attn.v
-    attn.kernel = kernel or default_kernel(attn.q.weight.device.type)
-    attn._bias_cache = {}
-    attn.__class__ = DeployLightweightMHSA
-
-
-def fold_input_affine_into_attention(attn: DeployLightweightMHSA, scale: torch.Tensor,
-                                     shift: torch.Tensor) -> None:
-    """An affine on the attention's input (norm1's) folds into q and into the first layer of the
-    K/V path that reads it exactly: the unpadded strided reduction conv, else (avgpool
-    commutes with it, or no reduction) the K/V linear."""
-    attn.q = _fold_linear_input(attn.q, scale, shift)
-    reduce = attn.reduce
-    if reduce is None or reduce.kind == "avgpool":
-        attn.kv = _fold_linear_input(attn.kv, scale, shift)
-    else:
-        conv = reduce.shrink
-        _set_conv(conv, *fold_affine_before(conv.weight, conv.bias, scale, shift, groups=conv.groups))
 
 
 # ---------------------------------------------------------------- IRFFN, block, stage, head
@@ -266,7 +162,7 @@ class DeployIRFFN(L.IRFFN):
 def reparameterize_irffn(ffn: L.IRFFN) -> None:
     """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
     after the dw conv and after the 1x1 down conv into the down linear."""
-    _require_eval(ffn)
+    require_eval(ffn)
     ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
     ffn.expand_norm = ChannelAffine(*norm_affine(ffn.expand.norm))
     ffn.local.conv.weight = parameter(add_identity_to_depthwise(ffn.local.conv.weight))
@@ -303,7 +199,7 @@ class DeployCMTBlock(L.CMTBlock):
 def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
     """Deploy the LPU, attention and IRFFN (unless done already), then fold norm1's affine into
     the attention's input layers and norm2's into the IRFFN's up linear."""
-    _require_eval(block)
+    require_eval(block)
     if block.lpu is not None and not isinstance(block.lpu, DeployLocalPerceptionUnit):
         reparameterize_lpu(block.lpu)
     if not isinstance(block.attn, DeployLightweightMHSA):
@@ -311,7 +207,7 @@ def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
     if not isinstance(block.ffn, DeployIRFFN):
         reparameterize_irffn(block.ffn)
     fold_input_affine_into_attention(block.attn, *norm_affine(block.norm1))
-    block.ffn.expand_fc = _fold_linear_input(block.ffn.expand_fc, *norm_affine(block.norm2))
+    block.ffn.expand_fc = fold_linear_input(block.ffn.expand_fc, *norm_affine(block.norm2))
     block.norm1, block.norm2 = affine_free(block.norm1), affine_free(block.norm2)
     del block.drop_path
     block.__class__ = DeployCMTBlock
@@ -337,7 +233,7 @@ class DeployCMTStage(BiasAtSize, L.CMTStage):
             bias = self._bias_at(self.position_bias, h, w, tokens.dtype)
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
             if onednn.onednn_usable(tokens):
-                parts = image_chunks(tokens, self.blocks[0].ffn.project_fc.weight.shape[1])
+                parts = image_chunks(tokens, self.widest_channels)
                 if len(parts) > 1:
                     return tokens_as_map(torch.cat([self._blocks(part, h, w, bias) for part in parts]), h, w)
         return tokens_as_map(self._blocks(tokens, h, w, bias), h, w)
@@ -349,12 +245,13 @@ class DeployCMTStage(BiasAtSize, L.CMTStage):
 
 
 def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
-    _require_eval(stage)
+    require_eval(stage)
     reparameterize_patch_aggregation(stage.downsample)
     for block in stage.blocks:
         if not isinstance(block, DeployCMTBlock):
             reparameterize_block(block, kernel)
     stage._bias_cache = {}
+    stage.widest_channels = max(block.ffn.project_fc.weight.shape[1] for block in stage.blocks)  # IRFFN width
     stage.__class__ = DeployCMTStage
 
 
@@ -378,7 +275,7 @@ class DeployClassifierHead(L.ClassifierHead):
 
 
 def reparameterize_head(head: L.ClassifierHead) -> None:
-    _require_eval(head)
+    require_eval(head)
     w, b = fold_affine_after(conv1x1_as_linear(head.conv.weight), head.conv.bias, *norm_affine(head.norm))
     head.conv_fc = linear_layer(w, b, "swish")
     del head.conv, head.norm, head.act
@@ -399,7 +296,7 @@ def is_deploy_form(model: nn.Module) -> bool:
 def reparameterize_network(model: nn.Module, attention_kernel: str | None = None) -> None:
     """Every layer of a `CMT` into its deploy form, plus the one fold that crosses layers: the
     stem's last BN into stage 0's unpadded patch conv."""
-    _require_eval(model)
+    require_eval(model)
     last_unit = model.stem[-1]
     if isinstance(last_unit.norm, nn.BatchNorm2d):
         fold_into_patch_conv(model.stages[0].downsample, last_unit.norm)

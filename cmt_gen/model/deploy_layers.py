@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cmt_gen.model import onednn
-from cmt_gen.model.folding import parameter
+from cmt_gen.model.folding import fold_affine_before, parameter
 from cmt_gen.model.layers import resample_position_bias
 
 
@@ -41,6 +41,21 @@ class TokenLinear(nn.Module):
 
 def linear_layer(weight: torch.Tensor, bias: torch.Tensor, act: str = "none") -> TokenLinear:
     return TokenLinear(weight, bias, act)
+
+
+def fold_linear_input(layer: TokenLinear, scale: torch.Tensor, shift: torch.Tensor) -> TokenLinear:
+    """`layer` with an affine on its input folded in (exact for a linear)."""
+    return linear_layer(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
+
+
+def require_eval(module: nn.Module) -> None:
+    if module.training:
+        raise RuntimeError("reparameterize() is for inference: call model.eval() first")
+
+
+def set_conv(conv: nn.Conv2d | FusedConv, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    conv.weight = parameter(weight)
+    conv.bias = parameter(bias)
 
 
 class FusedConv(nn.Module):
