@@ -237,9 +237,9 @@ def _print_footer(run, console) -> None:
     console.print(THROUGHPUT_NOTE, soft_wrap=True)
     if run.matmul_peak:
         p = run.matmul_peak
-        console.print(f"matmul peak here: {p.macs_per_s / 1e9:,.1f} GMAC/s ({p.dtype} {p.size}x{p.size}, best of "
-                      f"{p.windows}); % peak = model MACs x img/s{' x 3 (train)' if s.mode == 'train' else ''} "
-                      "/ this")
+        train = " x 3 (train)" if s.mode == "train" else ""
+        console.print(f"matmul peak here: {p.macs_per_s / 1e9:,.1f} GMAC/s ({p.dtype} {p.size}x{p.size} via "
+                      f"{p.kernel}, best of {p.windows}); % peak = model MACs x img/s{train} / this")
     methods = sorted({r.memory_method for r in run.results if r.memory_method})
     if methods:
         console.print("peak mem: " + "; ".join(methods))
