@@ -30,7 +30,7 @@ def test_last_level_cache_is_the_largest_data_cache(tmp_path: Path) -> None:
 
 def test_last_level_cache_falls_back_where_sysfs_says_nothing(tmp_path: Path) -> None:
     assert cache_chunks.last_level_cache_bytes(tmp_path / "absent") == cache_chunks.FALLBACK_CACHE_BYTES
-    root = _fake_caches(tmp_path / "odd", [("Unified", "lots")])
+    root = _fake_caches(tmp_path / "odd", [("Unified", "lots"), ("Data", "0K")])
     assert cache_chunks.last_level_cache_bytes(root) == cache_chunks.FALLBACK_CACHE_BYTES
 
 

@@ -36,7 +36,7 @@ def last_level_cache_bytes(caches: Path = CPU0_CACHES) -> int:
             continue
         scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
         digits = text.rstrip("KMG")
-        if digits.isdigit():
+        if digits.isdigit() and int(digits) > 0:
             sizes.append(int(digits) * scale)
     return max(sizes, default=FALLBACK_CACHE_BYTES)
 
