@@ -195,6 +195,24 @@ def test_bf16_deploy_form_keeps_the_logits() -> None:
     assert nn.functional.cosine_similarity(amp.float(), reference, dim=1).min().item() >= 0.999
 
 
+def test_a_deploy_model_converted_after_running_repacks_its_weights() -> None:
+    """`model.to(dtype)` swaps the data behind the same parameters (their version counters stay):
+    the oneDNN packs made for the fp32 weights must not be reused for the bf16 ones, or back."""
+    torch.manual_seed(0)
+    deployed = trained_looking(build_model(tiny_spec_dict())).reparameterize()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        fp32 = deployed(x)  # packs every weight for fp32
+    deployed.to(torch.bfloat16)
+    with torch.inference_mode():
+        bf16 = deployed(x.bfloat16())
+    deployed.to(torch.float32)
+    with torch.inference_mode():
+        again = deployed(x)
+    assert nn.functional.cosine_similarity(bf16.float(), fp32, dim=1).min().item() >= 0.999
+    assert relative_gap(again, fp32) < 1e-2  # the weights went through bf16 and back
+
+
 @pytest.mark.gpu
 def test_deploy_form_on_cuda_matches_eager_and_uses_sdpa() -> None:
     if not torch.cuda.is_available():

@@ -57,8 +57,9 @@ def inductor_on_cpu(x: torch.Tensor) -> bool:
         and not onnx_export() and not torch.jit.is_tracing()
 
 
-# id(weight) -> (weak reference to the weight, its version, {input key: packed weight}); see `_cached_pack`.
-_PACKED: dict[int, tuple[weakref.ref, int, dict[object, torch.Tensor]]] = {}
+# id(weight) -> (weak reference to the weight, what its values are, {input key: packed weight});
+# see `_cached_pack`.
+_PACKED: dict[int, tuple[weakref.ref, tuple, dict[object, torch.Tensor]]] = {}
 INPUT_KEYS_KEPT = 2  # packs per weight: the throughput batch and batch 1, say
 
 
@@ -66,18 +67,20 @@ INPUT_KEYS_KEPT = 2  # packs per weight: the throughput batch and batch 1, say
 def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
     """`pack()` (the weight in oneDNN's blocked layout for inputs like `input_key`), made once, reused.
 
-    The pack is keyed by the weight object and its version counter, so an
-    in-place update (`load_state_dict`, `copy_`) or a new weight repacks, and it
-    is dropped with the weight. It costs one more copy of the weight per input
-    key kept. A weight created under inference_mode has no version counter, so
-    it is used unpacked.
+    The pack is keyed by the weight object, its version counter and its storage,
+    dtype and device, so an in-place update (`load_state_dict`, `copy_`), new
+    data behind the same parameter (`model.to(torch.bfloat16)`, `.data = ...`)
+    or a new weight repacks, and it is dropped with the weight. It costs one
+    more copy of the weight per input key kept. A weight created under
+    inference_mode has no version counter, so it is used unpacked.
     """
     if weight.is_inference():  # made under inference_mode: no version counter to notice an update by
         return weight
     key = id(weight)
+    state = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
     entry = _PACKED.get(key)
-    if entry is None or entry[0]() is not weight or entry[1] != weight._version:
-        entry = (weakref.ref(weight), weight._version, {})
+    if entry is None or entry[0]() is not weight or entry[1] != state:
+        entry = (weakref.ref(weight), state, {})
         if key not in _PACKED:
             weakref.finalize(weight, _PACKED.pop, key, None)
         _PACKED[key] = entry
