@@ -95,9 +95,10 @@ def kernel_report(threads: int, batch: int) -> None:
         row = {kernel: median_call(attend, q, k, v, bias, kernel) for kernel in ("sdpa", "matmul")}
         print(f"  heads {heads} N {n:5d} M {m}: " + "  ".join(f"{k} {t * 1e3:7.2f}" for k, t in row.items()))
     x = torch.randn(batch, 196, 256)
-    w, b = torch.randn(1024, 256), torch.randn(1024)
-    row = {"F.linear + F.gelu": median_call(lambda: F.gelu(F.linear(x, w, b))),
-           "oneDNN linear+gelu": median_call(onednn.linear, x, w, b, "gelu")}
+    w, b = torch.randn(1024, 256), torch.randn(1024)  # made outside inference_mode, so oneDNN may pack w
+    with torch.inference_mode():  # with autograd on, onednn.linear steps aside for F.linear
+        row = {"F.linear + F.gelu": median_call(lambda: F.gelu(F.linear(x, w, b))),
+               "oneDNN linear+gelu": median_call(onednn.linear, x, w, b, "gelu")}
     print("linear 256 -> 1024 + GELU on (B, 196, 256) tokens (ms, median of 7):")
     for name, seconds in row.items():
         print(f"  {name:20s} {seconds * 1e3:7.2f}")
