@@ -1,0 +1,58 @@
+"""`benchmarks/bench_inference.py` runs end to end (reduced: a tiny spec, one round); its numbers are
+for a person to read, so this checks only that every row it promises is there and sane."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO, subprocess_env, tiny_spec_dict
+
+BENCH = "benchmarks/bench_inference.py"
+
+
+@pytest.mark.slow
+def test_reduced_benchmark_reports_every_row(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from inference_ablations import ABLATIONS
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny_spec_dict(), sort_keys=False))
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, BENCH, "--spec", str(spec), "--batch", "2", "--rounds", "1",
+                             "--latency-rounds", "2", "--no-compile", "--json", str(out)],
+                            capture_output=True, text=True, cwd=REPO, env=subprocess_env(), timeout=300)
+    assert result.returncode == 0, result.stderr[-1500:]
+    report = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in report["rows"]}
+    expected = {"as released (reference)", "deploy", "onnxruntime (deploy)", "deploy, bf16",
+                *(f"deploy without {name}" for name in ABLATIONS)}
+    assert expected <= set(rows), sorted(expected - set(rows))
+    for name, row in rows.items():
+        assert row["median_s"] > 0 and row["ratio"] > 0, name
+        floor = 0.999 if "bf16" in name else 0.99999  # every row computes the same logits
+        assert row["cosine_to_reference"] >= floor, (name, row["cosine_to_reference"])
+    assert report["latency_ratio"] > 0
+
+
+def test_kernel_report_times_the_onednn_path(monkeypatch, capsys):
+    """`--kernels` used to time `onednn.linear` with autograd on, where it steps aside for F.linear."""
+    import torch
+
+    from cmt_gen.model import onednn
+
+    if not onednn._HAVE_ONEDNN:
+        pytest.skip("needs torch's oneDNN ops")
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_inference
+
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", lambda *args: calls.append(1) or real(*args))
+    bench_inference.kernel_report(threads=1, batch=1)
+    assert calls, "the oneDNN row never reached oneDNN"
+    assert "oneDNN linear+gelu" in capsys.readouterr().out
