@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmt_gen.model import cache_chunks, onednn
 from cmt_gen.model import deploy as D
-from cmt_gen.model import onednn
 from cmt_gen.model.deploy_layers import FusedConv, TokenLinear
 
 
@@ -173,7 +173,7 @@ def without_single_head_fold(model):
 
 def without_image_chunks(model):
     """Every stage on the whole batch at once (`model.cache_chunks`)."""
-    return Patched(model, [(D, "image_chunks", lambda tokens, widest: [tokens])])
+    return Patched(model, [(cache_chunks, "image_chunks", lambda tokens, widest: [tokens])])
 
 
 def without_packed_weights(model):

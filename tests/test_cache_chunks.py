@@ -59,7 +59,7 @@ def test_chunked_stages_give_the_whole_batch_outputs(monkeypatch: pytest.MonkeyP
         calls.append(len(parts))
         return parts
 
-    monkeypatch.setattr("cmt_gen.model.deploy.image_chunks", counting)
+    monkeypatch.setattr(cache_chunks, "image_chunks", counting)
     with torch.inference_mode():
         monkeypatch.setattr(cache_chunks, "last_level_cache_bytes", lambda: 1 << 40)
         whole = model(x)
@@ -75,7 +75,7 @@ def test_graph_capture_and_autograd_see_no_chunks(monkeypatch: pytest.MonkeyPatc
     eager CPU inference choice, not part of the network."""
     monkeypatch.setattr(cache_chunks, "last_level_cache_bytes", lambda: 1)
     calls: list[int] = []
-    monkeypatch.setattr("cmt_gen.model.deploy.image_chunks", lambda t, w: calls.append(1) or [t])
+    monkeypatch.setattr(cache_chunks, "image_chunks", lambda t, w: calls.append(1) or [t])
     model = build_model(tiny_spec_dict()).eval().reparameterize()
     x = torch.randn(2, 3, 64, 64)
     model(x)  # grad enabled

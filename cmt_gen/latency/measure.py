@@ -90,13 +90,10 @@ class TorchPartTimer:
 
 def _as_the_stage_chunks(inputs: list, width: int) -> list[list]:
     """A block's call arguments, once per image chunk its deploy stage would run (`DeployCMTStage`)."""
-    from cmt_gen.model.cache_chunks import image_chunks
-    from cmt_gen.model.onednn import onednn_usable
+    from cmt_gen.model.cache_chunks import stage_chunks
 
     tokens, rest = inputs[0], inputs[1:]
-    if not onednn_usable(tokens):
-        return [inputs]
-    return [[part, *rest] for part in image_chunks(tokens, width)]
+    return [[part, *rest] for part in stage_chunks(tokens, width)]
 
 
 def build_part(part: PartShape, options: BlockOptions, batch: int):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from cmt_gen.model import onednn
+
 FALLBACK_CACHE_BYTES = 32 << 20
 CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 
@@ -50,3 +52,11 @@ def image_chunks(tokens: torch.Tensor, widest_channels: int) -> list[torch.Tenso
     if chunks <= 1:
         return [tokens]
     return list(tokens.split(math.ceil(batch / chunks)))
+
+
+def stage_chunks(tokens: torch.Tensor, widest_channels: int) -> list[torch.Tensor]:
+    """The chunks a deploy stage runs `tokens` in: `image_chunks` in eager CPU inference (where the
+    oneDNN path runs), the whole batch anywhere else (traced or compiled graphs, autograd, CUDA)."""
+    if not onednn.onednn_usable(tokens):
+        return [tokens]
+    return image_chunks(tokens, widest_channels)

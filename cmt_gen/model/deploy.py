@@ -20,7 +20,7 @@ from torch import nn
 
 from cmt_gen.model import layers as L
 from cmt_gen.model import onednn
-from cmt_gen.model.cache_chunks import image_chunks
+from cmt_gen.model.cache_chunks import stage_chunks
 from cmt_gen.model.deploy_attention import (
     DeployKVReduction,
     DeployLightweightMHSA,
@@ -231,11 +231,10 @@ class DeployCMTStage(BiasAtSize, L.CMTStage):
         bias: torch.Tensor | None = None
         if self.position_bias is not None:
             bias = self._bias_at(self.position_bias, h, w, tokens.dtype)
-        if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
-            if onednn.onednn_usable(tokens):
-                parts = image_chunks(tokens, self.widest_channels)
-                if len(parts) > 1:
-                    return tokens_as_map(torch.cat([self._blocks(part, h, w, bias) for part in parts]), h, w)
+        if not torch.jit.is_scripting():  # TorchScript drops this block only when it stands alone
+            parts = stage_chunks(tokens, self.widest_channels)
+            if len(parts) > 1:
+                return tokens_as_map(torch.cat([self._blocks(part, h, w, bias) for part in parts]), h, w)
         return tokens_as_map(self._blocks(tokens, h, w, bias), h, w)
 
     def _blocks(self, tokens: torch.Tensor, h: int, w: int, bias: torch.Tensor | None) -> torch.Tensor:
