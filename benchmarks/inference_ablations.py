@@ -47,7 +47,7 @@ def _blocks(model):
 
 def without_norm_folds(model):
     """Put back every folded norm: the blocks' LayerNorm affines, the K/V reduction BN, the IRFFN's
-    two BNs around its down projection, the stem's last BN and the head's BN."""
+    two BNs around its down projection and the head's BN."""
     for block in _blocks(model):
         for name in ("norm1", "norm2"):
             old = getattr(block, name)
@@ -57,7 +57,6 @@ def without_norm_folds(model):
             reduce.shrink = Then(reduce.shrink, identity_bn(reduce.shrink.weight.shape[0]))
         proj = block.ffn.project_fc
         block.ffn.project_fc = Then(TokenAffine(proj.weight.shape[1]), proj, TokenAffine(proj.weight.shape[0]))
-    model.stem[-1].norm = identity_bn(model.stem[-1].conv.weight.shape[0])
     fc = model.head.conv_fc
     fc.act = "none"
     model.head.conv_fc = Then(fc, TokenAffine(fc.weight.shape[0]), nn.SiLU())

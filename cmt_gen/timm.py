@@ -7,11 +7,19 @@ timm's builder resolves the pretrained cfg, loads weights (released
 checkpoints are converted by `checkpoint_filter_fn`) and wraps feature
 models. `register_spec` adds a user's spec the same way. timm is an optional
 extra (`pip install 'cmt-gen[timm]'`); `import cmt_gen` never imports it.
+
+Only timm's public registry API is used (`register_model`, `is_model`,
+`model_entrypoint`), so every timm from the floor on works. Registering a
+name again replaces its entrypoint and cfg; older timm releases (1.0.3 among
+them) keep listing the previous registration's tagged names, since only
+timm's private tables could remove them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,11 +28,13 @@ import torch
 
 from cmt_gen.errors import CmtGenError
 
-try:
-    from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-    from timm.models._registry import _clear_model_entries, _model_entrypoints, _model_to_module
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise CmtGenError("cmt_gen.timm needs timm: pip install 'cmt-gen[timm]'", source="cmt_gen.timm") from exc
+try:  # timm's public registry API only: its private tables differ between releases
+    from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, model_entrypoint, register_model
+except ImportError as exc:
+    if importlib.util.find_spec("timm") is None:
+        raise CmtGenError("cmt_gen.timm needs timm: pip install 'cmt-gen[timm]'", source="cmt_gen.timm") from exc
+    raise CmtGenError(f"timm is installed but cmt_gen.timm cannot use it ({exc}); it needs timm >= 1.0.3 "
+                      "with a torchvision built for this torch", source="cmt_gen.timm") from exc
 
 from cmt_gen.model.convert import convert_official_state_dict, is_official_layout, unwrap_checkpoint
 from cmt_gen.model.network import CMT
@@ -95,10 +105,10 @@ def register_spec(spec_or_path: CMTSpec | str | Path | Mapping, name: str | None
     spec = spec_or_path if isinstance(spec_or_path, CMTSpec) else load_spec(spec_or_path)
     name = name or spec.name
     source = str(spec_or_path) if isinstance(spec_or_path, (str, Path)) else spec.name
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise CmtGenError(f"{name!r} is not a usable timm model name (letters, digits, underscores)",
                           source=source, field="name")
-    if name in _model_entrypoints and _model_to_module.get(name) != __name__.rsplit(".", 1)[-1]:
+    if is_model(name) and getattr(model_entrypoint(name), "__module__", None) != __name__:
         raise CmtGenError(f"timm already has a model named {name!r}; pass another name=", source=source,
                           field="name")
     spec = spec.model_copy(update={"name": name})
@@ -107,14 +117,15 @@ def register_spec(spec_or_path: CMTSpec | str | Path | Mapping, name: str | None
     default_cfgs.pop(name, None)
     default_cfgs.update(generate_default_cfgs({key: cfg}))
     _SPECS[name] = spec
-    if name in _model_entrypoints:  # re-registering our own name replaces it quietly
-        _clear_model_entries(name)
-        _model_entrypoints.pop(name)
-    register_model(_entrypoint(name))
+    exported = list(__all__)
+    with warnings.catch_warnings():  # re-registering our own name replaces it quietly
+        warnings.filterwarnings("ignore", message=f"Overwriting {re.escape(name)} in registry")
+        register_model(_entrypoint(name))
+    __all__[:] = exported  # timm appends each model's name to the registering module's __all__
     return name
 
 
+__all__ = ["BUNDLED", "checkpoint_filter_fn", "cmt_from_kwargs", "create_cmt", "register_spec"]
+
 for _bundled in BUNDLED:
     register_spec(_bundled)
-
-__all__ = ["BUNDLED", "checkpoint_filter_fn", "cmt_from_kwargs", "create_cmt", "register_spec"]

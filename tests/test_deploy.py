@@ -122,22 +122,26 @@ def test_deploy_form_holds_no_dead_modules() -> None:
             param.sub_(0.1)
     assert dead == []
     bns = [n for n, m in deployed.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns == ["stem.0.norm", "stem.1.norm"]  # each follows a GELU and precedes a padded 3x3
+    assert bns == ["stem.0.norm", "stem.1.norm", "stem.2.norm"]  # each follows a GELU
     keys = deployed.state_dict().keys()
     assert not any(k.endswith((".k.weight", ".v.weight")) for k in keys)
-    assert [k for k in keys if k.endswith("running_mean")] == ["stem.0.norm.running_mean", "stem.1.norm.running_mean"]
+    assert [k for k in keys if k.endswith("running_mean")] == [f"stem.{i}.norm.running_mean" for i in range(3)]
 
 
-def test_reparameterize_refuses_training_mode_and_is_idempotent() -> None:
-    model = build_model(tiny_spec_dict())
-    with pytest.raises(RuntimeError, match="eval"):
-        model.reparameterize()
-    model.eval().reparameterize()
-    x = torch.randn(1, 3, 64, 64)
+def test_reparameterize_works_in_train_mode_as_timm_models_do_and_is_idempotent() -> None:
+    """timm's scripts reparameterize a freshly created model before `model.eval()`: the folds use
+    the running statistics in either mode, so the result is the eval-mode rewrite."""
+    torch.manual_seed(0)
+    model = trained_looking(build_model(tiny_spec_dict()))
+    in_eval = copy.deepcopy(model).reparameterize()
+    in_train = copy.deepcopy(model).train().reparameterize().eval()
+    x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        once = model(x)
-        model.reparameterize()
-        assert torch.equal(model(x), once)
+        expected = model(x)
+        assert torch.equal(in_train(x), in_eval(x))
+        assert relative_gap(in_train(x), expected) < REL_TOL
+        in_eval.reparameterize()
+        assert torch.equal(in_eval(x), in_train(x))
 
 
 def test_position_bias_is_resampled_once_per_size() -> None:

@@ -298,7 +298,10 @@ def test_register_spec_refuses_names_it_cannot_own(name, fragment):
 # ---------------------------------------------------------------- fine-tuning
 
 def test_layer_decay_groups_run_from_stem_to_head():
-    from timm.optim import param_groups_layer_decay
+    try:
+        from timm.optim import param_groups_layer_decay
+    except ImportError:  # older timm (1.0.3) keeps it in optim_factory
+        from timm.optim.optim_factory import param_groups_layer_decay
 
     model = _tiny()
     groups = param_groups_layer_decay(model, weight_decay=0.05, layer_decay=0.5,
@@ -361,3 +364,51 @@ def test_release_url_only_for_the_released_layers():
     assert pretrained_cfg_for(load_spec("cmt_s", ["num_classes=10"]))["url"].endswith("cmt_small.pth")
     assert pretrained_cfg_for(load_spec("cmt_s", ["resolution=256"]))["url"] == ""  # bias shapes differ
     assert pretrained_cfg_for(load_spec("cmt_s", ["stages.2.depth=18"]))["url"] == ""
+
+
+# ---------------------------------------------------------------- timm's reparameterize_model
+
+def _with_running_statistics(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def test_timm_reparameterize_model_in_train_mode_gives_our_deploy_form():
+    """timm's validate.py / benchmark.py / onnx_export.py --reparam call `reparameterize_model` on a
+    freshly created model, still in train mode: the result is the network `model.eval().reparameterize()`
+    makes, layer for layer."""
+    import copy
+
+    from timm.utils.model import reparameterize_model
+
+    from cmt_gen.model.deploy import is_deploy_form
+
+    model = _with_running_statistics(_tiny()).train()
+    by_timm = reparameterize_model(model).eval()
+    ours = copy.deepcopy(model).eval().reparameterize()
+    assert model.training and not is_deploy_form(model)  # timm worked on a copy
+    assert is_deploy_form(by_timm)
+    assert [type(m).__name__ for m in by_timm.modules()] == [type(m).__name__ for m in ours.modules()]
+    assert by_timm.state_dict().keys() == ours.state_dict().keys()
+    x = _x()
+    with torch.inference_mode():
+        expected = model.eval()(x)
+        assert torch.equal(by_timm(x), ours(x))
+        assert ((by_timm(x) - expected).abs().max() / expected.abs().max()).item() < 1e-5
+
+
+def test_fvcore_counts_a_deploy_form_as_timm_benchmark_does():
+    """benchmark.py runs fvcore's plain FlopCountAnalysis on the (reparameterized) model and catches only
+    RuntimeError: every matmul of the deploy form must be one fvcore's handles accept."""
+    from fvcore.nn import FlopCountAnalysis
+
+    model = _with_running_statistics(_tiny()).reparameterize()
+    analysis = FlopCountAnalysis(model, torch.ones(1, 3, 64, 64))
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    assert analysis.total() > 0

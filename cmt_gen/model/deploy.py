@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cmt_gen.model import capture, onednn
 from cmt_gen.model import layers as L
-from cmt_gen.model import onednn
 from cmt_gen.model.cache_chunks import stage_chunks
 from cmt_gen.model.deploy_attention import (
     DeployKVReduction,
@@ -36,8 +36,6 @@ from cmt_gen.model.deploy_layers import (
     fold_linear_input,
     linear_layer,
     map_as_tokens,
-    require_eval,
-    set_conv,
     tokens_as_map,
 )
 from cmt_gen.model.folding import (
@@ -45,6 +43,7 @@ from cmt_gen.model.folding import (
     conv1x1_as_linear,
     fold_affine_after,
     fold_affine_before,
+    leave_inference_mode,
     norm_affine,
     parameter,
 )
@@ -72,9 +71,10 @@ class DeployConvGeluBN(L.ConvGeluBN):
 
 
 def reparameterize_stem(stem: L.Stem) -> None:
-    """Nothing inside folds (each BN follows a GELU and precedes a padded 3x3); the last BN is
-    folded into stage 0's patch conv by `fold_into_patch_conv`."""
-    require_eval(stem)
+    """Each conv takes its GELU; the BNs stay. None folds inside the stem (each follows a GELU),
+    and the last one could fold only across layers, into stage 0's unpadded patch conv: that
+    fold saved about 0.1% of a CMT-S forward and made a layer's rewrite depend on its neighbour
+    (timm's `reparameterize_model` rewrites layer by layer), so it is not made."""
     for unit in stem:
         unit.conv = FusedConv(unit.conv, "gelu")
         del unit.act
@@ -94,14 +94,7 @@ class DeployPatchAggregation(L.PatchAggregation):
         return self.norm(map_as_tokens(x)), h, w
 
 
-def fold_into_patch_conv(patch: L.PatchAggregation, norm: nn.Module) -> None:
-    """An affine norm right before the unpadded 2x2 stride-2 conv folds into it exactly."""
-    scale, shift = norm_affine(norm)
-    set_conv(patch.conv, *fold_affine_before(patch.conv.weight, patch.conv.bias, scale, shift))
-
-
 def reparameterize_patch_aggregation(patch: L.PatchAggregation) -> None:
-    require_eval(patch)
     patch.conv = FusedConv(patch.conv)
     patch.__class__ = DeployPatchAggregation
 
@@ -118,7 +111,6 @@ class DeployLocalPerceptionUnit(L.LocalPerceptionUnit):
 
 
 def reparameterize_lpu(lpu: L.LocalPerceptionUnit) -> None:
-    require_eval(lpu)
     lpu.conv.weight = parameter(add_identity_to_depthwise(lpu.conv.weight))
     lpu.conv = FusedConv(lpu.conv)
     lpu.__class__ = DeployLocalPerceptionUnit
@@ -135,7 +127,7 @@ class DeployIRFFN(L.IRFFN):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, N, C) tokens -> (B, N, C)."""
         if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
-            if onednn.onnx_export():
+            if capture.onnx_export():
                 return self._forward_nchw(x, h, w)
         y = self.expand_norm(self.expand_fc(x))
         y = self.local_conv(tokens_as_map(y, h, w))
@@ -162,7 +154,6 @@ class DeployIRFFN(L.IRFFN):
 def reparameterize_irffn(ffn: L.IRFFN) -> None:
     """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
     after the dw conv and after the 1x1 down conv into the down linear."""
-    require_eval(ffn)
     ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
     ffn.expand_norm = ChannelAffine(*norm_affine(ffn.expand.norm))
     ffn.local.conv.weight = parameter(add_identity_to_depthwise(ffn.local.conv.weight))
@@ -199,7 +190,6 @@ class DeployCMTBlock(L.CMTBlock):
 def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
     """Deploy the LPU, attention and IRFFN (unless done already), then fold norm1's affine into
     the attention's input layers and norm2's into the IRFFN's up linear."""
-    require_eval(block)
     if block.lpu is not None and not isinstance(block.lpu, DeployLocalPerceptionUnit):
         reparameterize_lpu(block.lpu)
     if not isinstance(block.attn, DeployLightweightMHSA):
@@ -244,7 +234,6 @@ class DeployCMTStage(BiasAtSize, L.CMTStage):
 
 
 def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
-    require_eval(stage)
     reparameterize_patch_aggregation(stage.downsample)
     for block in stage.blocks:
         if not isinstance(block, DeployCMTBlock):
@@ -274,7 +263,6 @@ class DeployClassifierHead(L.ClassifierHead):
 
 
 def reparameterize_head(head: L.ClassifierHead) -> None:
-    require_eval(head)
     w, b = fold_affine_after(conv1x1_as_linear(head.conv.weight), head.conv.bias, *norm_affine(head.norm))
     head.conv_fc = linear_layer(w, b, "swish")
     del head.conv, head.norm, head.act
@@ -293,16 +281,12 @@ def is_deploy_form(model: nn.Module) -> bool:
 
 
 def reparameterize_network(model: nn.Module, attention_kernel: str | None = None) -> None:
-    """Every layer of a `CMT` into its deploy form, plus the one fold that crosses layers: the
-    stem's last BN into stage 0's unpadded patch conv."""
-    require_eval(model)
-    last_unit = model.stem[-1]
-    if isinstance(last_unit.norm, nn.BatchNorm2d):
-        fold_into_patch_conv(model.stages[0].downsample, last_unit.norm)
-        last_unit.norm = nn.Identity()
+    """Every layer of a `CMT` into its deploy form: the layer-by-layer walk timm's
+    `reparameterize_model` makes too, so both give the same network."""
     for child in (model.stem, *model.stages, model.head):
         if child is not None and not isinstance(child, DEPLOY_CLASSES):
             child.reparameterize(attention_kernel=attention_kernel)
+    leave_inference_mode(model)
 
 
 def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:
@@ -314,8 +298,10 @@ def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:
              L.IRFFN: reparameterize_irffn, L.ClassifierHead: reparameterize_head}
     for cls, rewrite in with_kernel.items():
         if isinstance(layer, cls):
-            return rewrite(layer, kernel)
+            rewrite(layer, kernel)
+            return leave_inference_mode(layer)
     for cls, rewrite in plain.items():
         if isinstance(layer, cls):
-            return rewrite(layer)
+            rewrite(layer)
+            return leave_inference_mode(layer)
     raise TypeError(f"{type(layer).__name__} has no deploy form")

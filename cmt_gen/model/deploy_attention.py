@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cmt_gen.model import capture
 from cmt_gen.model import layers as L
-from cmt_gen.model import onednn
 from cmt_gen.model.attention_kernels import attend, default_kernel
 from cmt_gen.model.deploy_layers import (
     BiasAtSize,
@@ -14,7 +14,6 @@ from cmt_gen.model.deploy_layers import (
     fold_linear_input,
     linear_layer,
     map_as_tokens,
-    require_eval,
     set_conv,
     tokens_as_map,
 )
@@ -33,7 +32,6 @@ class DeployKVReduction(L.KVReduction):
 
 
 def reparameterize_kv_reduction(reduce: L.KVReduction) -> None:
-    require_eval(reduce)
     if reduce.kind == "dwconv_bn":
         scale, shift = norm_affine(reduce.norm)
         set_conv(reduce.conv, *fold_affine_after(reduce.conv.weight, reduce.conv.bias, scale, shift))
@@ -69,7 +67,7 @@ class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
         if self.heads == 1 and self.reduce is not None and self.kernel == "matmul" and self.fold_single_head:
             fold = True
             if not torch.jit.is_scripting():  # TorchScript drops this block only when it stands alone
-                fold = not onednn.inductor_on_cpu(x)
+                fold = not capture.inductor_on_cpu(x)
             if fold:
                 return self._single_head(x, source, bias)
         q = self._split_heads(self.q(x), b, n)
@@ -89,7 +87,7 @@ class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
         k, v = self.kv(source).chunk(2, dim=-1)  # (B, M, C) each
         keys = torch.matmul(self.q.weight.t(), k.transpose(1, 2))  # (B, C, M)
         logits = torch.matmul(x, keys) if bias is None else torch.baddbmm(bias, x, keys)
-        logits = logits + torch.matmul(k, self.q.bias).unsqueeze(1)
+        logits = logits + torch.matmul(k, self.q.bias[:, None]).transpose(1, 2)  # 2-D: fvcore counts it
         values = torch.matmul(v, self.proj.weight.t())  # (B, M, C)
         return torch.baddbmm(self.proj.bias, logits.softmax(dim=-1), values)
 
@@ -103,7 +101,6 @@ class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
 
 def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None) -> None:
     """Scale into q, K and V into one linear, the reduction's norm folded (conv_ln: into K/V)."""
-    require_eval(attn)
     dim = attn.q.weight.shape[1]
     ones = torch.ones(dim, dtype=torch.float64, device=attn.q.weight.device)
     attn.q = linear_layer(*fold_affine_after(attn.q.weight, attn.q.bias, ones * attn.scale, ones * 0))

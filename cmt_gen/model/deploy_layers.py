@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmt_gen.model import onednn
+from cmt_gen.model import capture, onednn
 from cmt_gen.model.folding import fold_affine_before, parameter
 from cmt_gen.model.layers import resample_position_bias
 
@@ -46,11 +46,6 @@ def linear_layer(weight: torch.Tensor, bias: torch.Tensor, act: str = "none") ->
 def fold_linear_input(layer: TokenLinear, scale: torch.Tensor, shift: torch.Tensor) -> TokenLinear:
     """`layer` with an affine on its input folded in (exact for a linear)."""
     return linear_layer(*fold_affine_before(layer.weight, layer.bias, scale, shift), layer.act)
-
-
-def require_eval(module: nn.Module) -> None:
-    if module.training:
-        raise RuntimeError("reparameterize() is for inference: call model.eval() first")
 
 
 def set_conv(conv: nn.Conv2d | FusedConv, weight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -93,6 +88,8 @@ class ChannelAffine(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return torch.addcmul(self.shift, x, self.scale)
+        if x.dtype != self.scale.dtype:  # autocast: computed in fp32, given back in x's dtype
+            return torch.addcmul(self.shift, x, self.scale).to(x.dtype)
         return torch.addcmul(self.shift, x, self.scale, out=x)  # x is a fresh intermediate
 
 
@@ -113,7 +110,7 @@ class BiasAtSize:
 
     @torch.jit.unused
     def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        if onednn.graph_capture():
+        if capture.graph_capture():
             return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
         if (h, w) == tuple(self.grid) and bias.dtype == dtype:
             return bias

@@ -15,22 +15,12 @@ from torch import nn
 
 from cmt_gen.cost import analytic as complexity
 from cmt_gen.errors import InputShapeError
+from cmt_gen.model.capture import recording
 from cmt_gen.model.reparameterizable import Reparameterizable
 
 BN_EPS = 1e-5
 LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
 LN_EPS_PATCH = 1e-5  # patch aggregation's LayerNorm (PyTorch default)
-
-
-def recording() -> bool:
-    """True while a tracer records the forward (jit.trace, FX, torch.compile / export).
-
-    Eager shape checks step aside then: sizes are symbols there, and a Python
-    branch on them would either fail (FX) or bake one size into the graph.
-    """
-    probes = ((torch.jit, "is_tracing"), (torch.fx._symbolic_trace, "is_fx_symbolic_tracing"),
-              (torch.compiler, "is_compiling"), (torch.compiler, "is_exporting"))
-    return any(getattr(owner, name, lambda: False)() for owner, name in probes)  # older torch lacks some
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

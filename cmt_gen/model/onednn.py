@@ -1,47 +1,47 @@
 """Linear and convolution with a fused activation, through oneDNN on CPU when it is safe to.
 
-Measured on the 2-core AMD EPYC this project runs on (torch 2.14, MKL BLAS,
-oneDNN 3.12; `benchmarks/bench_inference.py --kernels`): a (3136 x 256) @ (256 x 1024)
-linear with GELU takes 2.2x longer through `F.linear` (MKL sgemm) and `F.gelu`
-(8.6 ms) than through oneDNN (4.0 ms): oneDNN's GEMM is faster on this AMD CPU,
-its weight is pre-packed, and it applies GELU / Swish while the output is still
-in cache, which saves a full pass over the largest activations. oneDNN's GELU is
-the exact erf form.
+oneDNN's GEMM and convolutions take pre-packed weights and apply GELU / Swish
+while the output is still in cache, which saves a full pass over the largest
+activations (what that is worth on a given CPU: `benchmarks/bench_inference.py
+--kernels`). The fast path is used only for CPU tensors in eager mode; anything
+that traces the graph (TorchScript, `torch.export`, ONNX export, `torch.compile`,
+which does its own oneDNN fusion) sees the portable `F.linear` / `F.conv2d` +
+activation.
 
-The fast path is used only for CPU tensors in eager mode. Anything that traces
-the graph (TorchScript, `torch.export`, ONNX export, `torch.compile`, which does
-its own oneDNN fusion) sees the portable `F.linear` / `F.conv2d` + activation.
+The ops are private to torch (`torch.ops.mkldnn.*`), so they are trusted only
+after they have shown it: the first use per process, dtype, activation and
+layout runs the op on a tiny input against the portable op (`self_check`). An
+exception (a CPU without bf16 support: AVX2-only parts, for example), or a
+result off by more than the dtype's rounding, switches that case to the
+portable op for the rest of the process, with one warning per op and dtype.
+A call that raises later does the same.
 """
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from cmt_gen.model import capture
+
 ACTIVATIONS = ("none", "gelu", "swish")
-_HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+PRIVATE_OPS = ("_linear_pointwise", "_convolution_pointwise", "_reorder_linear_weight", "_reorder_convolution_weight")
+_HAVE_ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in PRIVATE_OPS)
+# Largest relative gap (to the output's largest magnitude) a self-check accepts: the dtype's rounding.
+SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2}
+_DTYPES = (torch.float32, torch.bfloat16)
 
-
-@torch.jit.unused
-def onnx_export() -> bool:
-    return torch.onnx.is_in_onnx_export()
-
-
-@torch.jit.unused
-def graph_capture() -> bool:
-    """True while a tracer or compiler is recording the forward instead of running it."""
-    return (torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.compiler.is_exporting() or onnx_export())
 
 
 @torch.jit.unused
 def onednn_usable(x: torch.Tensor) -> bool:
     # The fused oneDNN ops have no autograd formula: with grad enabled the portable ops run instead.
-    return _HAVE_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) \
-        and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu") and not graph_capture()
+    return _HAVE_ONEDNN and x.device.type == "cpu" and x.dtype in _DTYPES \
+        and not torch.is_grad_enabled() and not capture.cpu_autocast_enabled() and not capture.graph_capture()
 
 
 def activate(x: torch.Tensor, act: str) -> torch.Tensor:
@@ -52,12 +52,109 @@ def activate(x: torch.Tensor, act: str) -> torch.Tensor:
     return x
 
 
-@torch.jit.unused
-def inductor_on_cpu(x: torch.Tensor) -> bool:
-    """True while torch.compile (not torch.export, not ONNX) records a CPU forward."""
-    return x.device.type == "cpu" and torch.compiler.is_compiling() and not torch.compiler.is_exporting() \
-        and not onnx_export() and not torch.jit.is_tracing()
+# ---------------------------------------------------------------- self-checks
 
+# case (op, dtype, activation, layout...) -> whether the private op may run it
+_VERDICTS: dict[tuple, bool] = {}
+_WARNED: set[tuple[str, torch.dtype]] = set()
+
+
+def reset_self_checks() -> None:
+    """Forget every verdict (tests, or after swapping torch ops): the next use checks again."""
+    _VERDICTS.clear()
+    _WARNED.clear()
+
+
+def self_check(case: tuple, probe: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether the private op may run `case`; decided once per process by `probe()`, which returns
+    (private op's output, portable op's output) on a tiny input."""
+    verdict = _VERDICTS.get(case)
+    if verdict is None:
+        verdict = _VERDICTS[case] = _run_probe(case, probe)
+    return verdict
+
+
+def _run_probe(case: tuple, probe: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> bool:
+    try:
+        with torch.no_grad():
+            fast, portable = probe()
+    except Exception as exc:  # noqa: BLE001 - any failure of a private op means: do not use it
+        give_up(case, f"raised {type(exc).__name__}: {_first_line(exc)}")
+        return False
+    reference = portable.float()
+    gap = ((fast.float() - reference).abs().max() / reference.abs().max().clamp_min(1e-6)).item()
+    if not gap <= SELF_CHECK_TOLERANCE[case[1]]:  # NaN fails too
+        give_up(case, f"differs from the portable op by {gap:.1e} (relative) on a test input")
+        return False
+    return True
+
+
+def give_up(case: tuple, reason: str) -> None:
+    """Switch `case` to the portable op for this process; warn once per op and dtype."""
+    _VERDICTS[case] = False
+    op, dtype = case[0], case[1]
+    if (op, dtype) not in _WARNED:
+        _WARNED.add((op, dtype))
+        warnings.warn(f"cmt-gen: torch's oneDNN {op} ({str(dtype).removeprefix('torch.')}) {reason}; "
+                      "the portable PyTorch op runs instead in this process (same results)",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else "(no message)"
+
+
+def _probe_tensor(*shape: int, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator).to(dtype)  # the caller's RNG stream is left alone
+
+
+def _linear_probe(dtype: torch.dtype, act: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = _probe_tensor(2, 3, 8, dtype=dtype, generator=g)
+    w, b = _probe_tensor(12, 8, dtype=dtype, generator=g), _probe_tensor(12, dtype=dtype, generator=g)
+    packed = torch.ops.mkldnn._reorder_linear_weight(w, 6)
+    fast = torch.ops.mkldnn._linear_pointwise(x, packed, b, act, [], "none" if act == "gelu" else "")
+    return fast, activate(F.linear(x.float(), w.float(), b.float()), act)
+
+
+def _conv_probe(dtype: torch.dtype, act: str, kernel: tuple[int, int], stride: int, padding: int,
+                kind: str, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    c_in, c_out, groups = {"depthwise": (8, 8, 8), "grouped": (4, 4, 2), "dense": (4, 8, 1)}[kind]
+    x = _probe_tensor(2, c_in, 8, 8, dtype=dtype, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = _probe_tensor(c_out, c_in // groups, *kernel, dtype=dtype, generator=g)
+    b = _probe_tensor(c_out, dtype=dtype, generator=g)
+    packed = torch.ops.mkldnn._reorder_convolution_weight(
+        w, [padding, padding], [stride, stride], [1, 1], groups, list(x.shape))
+    fast = torch.ops.mkldnn._convolution_pointwise(
+        x, packed, b, [padding, padding], [stride, stride], [1, 1], groups, act, [], "none" if act == "gelu" else "")
+    return fast, activate(F.conv2d(x.float(), w.float(), b.float(), stride, padding, 1, groups), act)
+
+
+@torch.jit.unused
+def linear_case_ok(dtype: torch.dtype, act: str = "none") -> bool:
+    """Whether oneDNN's packed linear is trusted for this dtype and activation here."""
+    return self_check(("linear", dtype, act), lambda: _linear_probe(dtype, act))
+
+
+@torch.jit.unused
+def _conv_case(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int, groups: int,
+               act: str) -> tuple:
+    c_in = weight.shape[1] * groups
+    kind = "dense" if groups == 1 else "depthwise" if groups == c_in == weight.shape[0] else "grouped"
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return ("conv", x.dtype, act, tuple(weight.shape[2:]), stride, padding, kind, channels_last)
+
+
+@torch.jit.unused
+def conv_case_ok(case: tuple) -> bool:
+    return self_check(case, lambda: _conv_probe(*case[1:]))
+
+
+# ---------------------------------------------------------------- packed weights
 
 # id(weight) -> (weak reference to the weight, what its values are, {input key: packed weight});
 # see `_cached_pack`.
@@ -74,7 +171,8 @@ def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], tor
     data behind the same parameter (`model.to(torch.bfloat16)`, `.data = ...`)
     or a new weight repacks, and it is dropped with the weight. It costs one
     more copy of the weight per input key kept. A weight created under
-    inference_mode has no version counter, so it is used unpacked.
+    inference_mode has no version counter, so it is used unpacked (the deploy
+    rewrite gives its weights version counters however it was called).
     """
     if weight.is_inference():  # made under inference_mode: no version counter to notice an update by
         return weight
@@ -96,11 +194,7 @@ def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], tor
 
 @torch.jit.unused
 def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
-    """A linear's weight packed for `rows` input rows.
-
-    Unpacked, oneDNN reorders the weight on every call: 3-20% of a linear's time
-    here, most at batch 1 (measured: CMT-S deploy form 7-9% faster per forward).
-    """
+    """A linear's weight packed for `rows` input rows (unpacked, oneDNN reorders it on every call)."""
     return _cached_pack(weight, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(weight, rows))
 
 
@@ -108,22 +202,57 @@ def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
 def packed_conv_weight(weight: torch.Tensor, x: torch.Tensor, padding: int, stride: int,
                        groups: int) -> torch.Tensor:
     """A convolution's weight packed for inputs shaped like `x` (oneDNN still runs other shapes
-    with it, reordering as needed). Saves 6-9 us a call, which is 15-25% of a batch-1 depthwise
-    conv (`benchmarks/bench_inference.py`, batch-1 rows)."""
+    with it, reordering as needed)."""
     shape = tuple(x.shape)
     return _cached_pack(weight, shape, lambda: torch.ops.mkldnn._reorder_convolution_weight(
         weight, [padding, padding], [stride, stride], [1, 1], groups, list(shape)))
+
+
+# ---------------------------------------------------------------- the ops
+
+@torch.jit.unused
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   act: str) -> torch.Tensor | None:
+    """The oneDNN linear, or None where it is not usable or not trusted here."""
+    if not (onednn_usable(x) and x.is_contiguous() and weight.dtype == x.dtype and linear_case_ok(x.dtype, act)):
+        return None
+    try:
+        packed = packed_weight(weight, x.numel() // x.shape[-1])
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
+    except RuntimeError as exc:
+        give_up(("linear", x.dtype, act), f"raised on a {tuple(x.shape)} input: {_first_line(exc)}")
+        return None
+
+
+@torch.jit.unused
+def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int, stride: int,
+                 groups: int, act: str) -> torch.Tensor | None:
+    """The oneDNN convolution, or None where it is not usable or not trusted here."""
+    if not (onednn_usable(x) and weight.dtype == x.dtype):
+        return None
+    case = _conv_case(x, weight, stride, padding, groups, act)
+    if not conv_case_ok(case):
+        return None
+    try:
+        packed = packed_conv_weight(weight, x, padding, stride, groups)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
+            "none" if act == "gelu" else "")
+    except RuntimeError as exc:
+        give_up(case, f"raised on a {tuple(x.shape)} input: {_first_line(exc)}")
+        return None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: str = "none",
            use_onednn: bool = True) -> torch.Tensor:
     """act(x @ weight^T + bias) over the last dimension of `x`."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
-        if use_onednn and onednn_usable(x) and x.is_contiguous():
-            packed = packed_weight(weight, x.numel() // x.shape[-1])
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
-        if use_onednn and x.dim() == 3 and inductor_on_cpu(x):
-            return token_linear_as_conv(x, weight, bias, act)
+        if use_onednn:
+            y = _onednn_linear(x, weight, bias, act)
+            if y is not None:
+                return y
+            if x.dim() == 3 and capture.inductor_on_cpu(x):
+                return token_linear_as_conv(x, weight, bias, act)
     return activate(F.linear(x, weight, bias), act)
 
 
@@ -132,8 +261,8 @@ def token_linear_as_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """The same linear as a 1x1 convolution over a channels-last view of the (B, N, C) tokens.
 
     Inductor lowers an fp32 linear with static shapes to MKL's packed sgemm, which
-    on AMD CPUs runs at about half of oneDNN's speed; a 1x1 convolution it lowers
-    to oneDNN with pre-packed weights and the activation fused.
+    on some CPUs (AMD's, measured) runs well below oneDNN; a 1x1 convolution it
+    lowers to oneDNN with pre-packed weights and the activation fused.
     """
     b, n, c = x.shape
     y = F.conv2d(x.reshape(b, n, 1, c).permute(0, 3, 1, 2), weight[:, :, None, None], bias)
@@ -144,9 +273,8 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pad
            groups: int, act: str = "none", use_onednn: bool = True) -> torch.Tensor:
     """act(conv2d(x)); keeps a channels-last input channels-last."""
     if not torch.jit.is_scripting():  # noqa: SIM102 (TorchScript drops this block only when it stands alone)
-        if use_onednn and onednn_usable(x):
-            packed = packed_conv_weight(weight, x, padding, stride, groups)
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
-                "none" if act == "gelu" else "")
+        if use_onednn:
+            y = _onednn_conv(x, weight, bias, padding, stride, groups, act)
+            if y is not None:
+                return y
     return activate(F.conv2d(x, weight, bias, stride, padding, 1, groups), act)

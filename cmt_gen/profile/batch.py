@@ -38,7 +38,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     try:
         import torch
 
-        if isinstance(exc, torch.OutOfMemoryError):
+        # torch.OutOfMemoryError since torch 2.5; torch.cuda's name for the same class before
+        if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
             return True
     except (ImportError, AttributeError):
         pass

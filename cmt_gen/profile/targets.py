@@ -112,6 +112,17 @@ def target_from_module(module, *, resolution: int | None = None, name: str | Non
     )
 
 
+def math_attention_only():
+    """A context in which scaled_dot_product_attention takes its math path (matmuls a counter sees)."""
+    import torch
+
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_math=True, enable_mem_efficient=False)
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def count_macs(module, resolution: int, in_channels: int = 3) -> int:
     """Forward MACs of one image: torch's FlopCounterMode total / 2 (it counts a multiply-add as 2).
 
@@ -119,7 +130,6 @@ def count_macs(module, resolution: int, in_channels: int = 3) -> int:
     the analytic count of CMT; norms and elementwise ops are not counted.
     """
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = module.training
@@ -131,7 +141,7 @@ def count_macs(module, resolution: int, in_channels: int = 3) -> int:
         x = torch.zeros(1, in_channels, resolution, resolution, device=device, dtype=dtype)
         counter = FlopCounterMode(display=False)
         # Fused CPU attention kernels are invisible to the counter; the math path is counted as matmuls.
-        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]), counter:
+        with torch.no_grad(), math_attention_only(), counter:
             module(x)
     finally:
         module.train(was_training)
