@@ -212,14 +212,26 @@ def worker(conn, argv: list[str], allocator: str) -> None:
             conn.send(timed(variants[name], x))
 
 
+class WorkerDied(RuntimeError):
+    pass
+
+
+def receive(pipe, process) -> object:
+    """The worker's next message; a worker that died ends the benchmark with its exit code, never a hang."""
+    while not pipe.poll(0.5):
+        if not process.is_alive():
+            raise WorkerDied(f"a benchmark worker died (exit code {process.exitcode}); its error is printed above")
+    return pipe.recv()
+
+
 def lockstep(calls: dict[str, tuple], rounds: int, batch_one: bool = False) -> dict[str, list[float]]:
-    """label -> (worker pipe, variant): one untimed call each, then `rounds` rounds of one timed call per
-    label in turn. Only one worker computes at any time; the other waits on its pipe."""
+    """label -> (worker pipe, its process, variant): one untimed call each, then `rounds` rounds of one timed
+    call per label in turn. Only one worker computes at any time; the other waits on its pipe."""
     def call(label: str) -> float:
-        pipe, name = calls[label]
+        pipe, process, name = calls[label]
         time.sleep(SETTLE_S)
         pipe.send((name, batch_one))
-        return pipe.recv()
+        return receive(pipe, process)
 
     for label in calls:
         call(label)
@@ -244,19 +256,23 @@ def main(argv: list[str] | None = None) -> dict:
             process.start()
             processes.append(process)
             pipes.append(here)
-            names, worker_notes, worker_agreement = here.recv()
-            owners.update(dict.fromkeys(names, here))
+            names, worker_notes, worker_agreement = receive(here, process)
+            owners.update(dict.fromkeys(names, (here, process)))
             notes.update(worker_notes)
             agreement.update(worker_agreement)
-        times = lockstep({name: (pipe, name) for name, pipe in owners.items()}, args.rounds)
-        latency = lockstep({label: (owners[name], name) for label, name in LATENCY.items()}, args.latency_rounds,
+        times = lockstep({name: (*owner, name) for name, owner in owners.items()}, args.rounds)
+        latency = lockstep({label: (*owners[name], name) for label, name in LATENCY.items()}, args.latency_rounds,
                            batch_one=True)
+    except WorkerDied as exc:
+        raise SystemExit(f"error: {exc}") from None
     finally:
         for pipe in pipes:
             with contextlib.suppress(OSError, BrokenPipeError):
                 pipe.send(None)
         for process in processes:
             process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
     report = make_report(args, times, latency, notes, agreement)
     print_report(report)
     if args.json:

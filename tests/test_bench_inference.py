@@ -56,3 +56,18 @@ def test_kernel_report_times_the_onednn_path(monkeypatch, capsys):
     bench_inference.kernel_report(threads=1, batch=1)
     assert calls, "the oneDNN row never reached oneDNN"
     assert "oneDNN linear+gelu" in capsys.readouterr().out
+
+
+def test_a_dead_worker_ends_the_benchmark_with_an_error_not_a_hang(monkeypatch, tmp_path):
+    """A worker that fails while building its variants (here: a spec that does not exist) used to leave
+    the parent waiting on its pipe forever."""
+    import time
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import bench_inference
+
+    start = time.monotonic()
+    with pytest.raises(SystemExit, match="benchmark worker died"):
+        bench_inference.main(["--spec", str(tmp_path / "missing.yaml"), "--batch", "1", "--rounds", "1",
+                              "--no-compile", "--no-onnx", "--no-bf16", "--no-ablation"])
+    assert time.monotonic() - start < 120

@@ -442,3 +442,11 @@ def test_legal_designs_load_and_round_trip(design):
     spec = load_spec(design)
     assert design_problems(spec, spec.resolution, spec.resolution) == []
     assert validate_spec(yaml.safe_load(spec_to_yaml(spec)), "round trip") == spec
+
+
+def test_the_tiny_spec_file_is_the_tests_tiny_spec():
+    """`.ci/floor` exports tests/data/tiny.yaml; it must stay the network the tests build."""
+    import yaml
+    from conftest import REPO, tiny_spec_dict
+
+    assert yaml.safe_load((REPO / "tests" / "data" / "tiny.yaml").read_text()) == tiny_spec_dict()

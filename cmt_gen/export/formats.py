@@ -6,6 +6,7 @@ of the network's total stride), so one file serves every input size.
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,22 @@ def dynamic_shapes(stride: int) -> dict:
                   3: stride * Dim("width_blocks", min=MIN_SIDE_BLOCKS, max=MAX_SIDE_BLOCKS)}}
 
 
+def stride_multiples_supported() -> bool:
+    """Whether this torch.export can make a dynamic size a multiple of the stride (`32 * Dim(...)`)."""
+    from torch.export import Dim
+
+    try:
+        2 * Dim("probe", min=2, max=4)
+    except TypeError:  # older releases have no derived dimensions
+        return False
+    return True
+
+
 def _write_program(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
+    if not stride_multiples_supported():
+        raise CmtGenError(f"program export needs dynamic sizes that are multiples of the stride, which torch "
+                          f"{torch.__version__}'s torch.export cannot express (newer releases can); "
+                          "use --format onnx or torchscript", field="--format")
     program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes(stride))
     torch.export.save(program, path)
 
@@ -49,8 +65,17 @@ def _write_onnx(graph: nn.Module, example: torch.Tensor, stride: int, path: Path
     except ImportError:
         raise CmtGenError("ONNX export needs the onnx extra: pip install 'cmt-gen[onnx]'",
                           field="--format") from None
-    torch.onnx.export(graph, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes(stride),
-                      input_names=["images"], output_names=["logits"], verbose=False)
+    if "dynamo" in inspect.signature(torch.onnx.export).parameters:
+        torch.onnx.export(graph, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes(stride),
+                          input_names=["images"], output_names=["logits"], verbose=False)
+        return
+    # torch < 2.5: the TorchScript-based exporter, which traces; sizes stay symbolic through the trace
+    # (the export job then checks the file at two other sizes, as for the dynamo exporter).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values read from sizes
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=["logits"],
+                          opset_version=17, dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                                          "logits": {0: "batch"}})
 
 
 WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, int, Path], None]] = {

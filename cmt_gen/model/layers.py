@@ -190,12 +190,22 @@ def resample_position_bias(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid:
     (tests/test_export_paths.py holds it to that).
     """
     heads, n_kv = bias.shape[0], bias.shape[2]
+    dtype = bias.dtype
+    if not torch.jit.is_scripting():  # noqa: SIM102 - TorchScript skips only a block guarded on its own
+        if fp16_on_cpu(bias):  # no fp16 bicubic kernel on CPUs before torch 2.3: resample in fp32
+            bias = bias.float()
     x = bias.reshape(heads, q_grid[0], q_grid[1], n_kv).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=new_q, mode="bicubic", align_corners=False)
     n_q = new_q[0] * new_q[1]
     x = x.reshape(heads, kv_grid[0], kv_grid[1], n_q).permute(0, 3, 1, 2)
     x = F.interpolate(x, size=new_kv, mode="bicubic", align_corners=False)
-    return x.reshape(heads, n_q, new_kv[0] * new_kv[1])
+    return x.reshape(heads, n_q, new_kv[0] * new_kv[1]).to(dtype)
+
+
+@torch.jit.unused
+def fp16_on_cpu(bias: torch.Tensor) -> bool:
+    """A real fp16 CPU tensor (FX's symbolic proxies are not tensors: they take the plain path)."""
+    return isinstance(bias, torch.Tensor) and bias.dtype == torch.float16 and bias.device.type == "cpu"
 
 
 def position_bias_at(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
