@@ -51,7 +51,9 @@ from inference_ablations import ABLATIONS  # noqa: E402
 from cmt_gen.export.graph import InferenceGraph  # noqa: E402
 from cmt_gen.model.network import build_model  # noqa: E402
 
-TARGETS = {"deploy": 1.5, "deploy + compile": 2.0}
+INFERENCE_MODE_BUILT = "deploy, built under inference_mode, system allocator"
+TARGETS = {"deploy": 1.5, "deploy + compile": 2.0, "deploy, system allocator": 1.5, INFERENCE_MODE_BUILT: 1.5}
+WORTH = 0.02  # an ablated rewrite keeps its place if undoing it costs at least this much
 
 
 def timed(fn, x) -> float:
@@ -154,7 +156,10 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
         for module in as_built.modules():
             if hasattr(module, "fused"):
                 module.fused = True
-        variants = {REFERENCE: released, "as built (SDPA)": as_built, "deploy, system allocator": deploy}
+        with torch.inference_mode():  # as a user's script may: built, loaded and rewritten under inference_mode
+            inside = copy.deepcopy(released_model(args)).reparameterize()
+        variants = {REFERENCE: released, "as built (SDPA)": as_built, "deploy, system allocator": deploy,
+                    INFERENCE_MODE_BUILT: inside}
         with torch.inference_mode():
             return variants, dict.fromkeys(variants, x), notes, released(x)
     variants = {SAME_RUNTIME_REFERENCE: released, "deploy": deploy}
@@ -197,8 +202,6 @@ def worker(conn, argv: list[str], allocator: str) -> None:
     if allocator == "retain":
         set_policy("retain")  # the system worker never calls mallopt: glibc's own dynamic defaults
     torch.set_num_threads(args.threads)
-    # Built outside inference_mode: weights made under it have no version counter, and the deploy form's
-    # linears then run with unpacked weights (model/onednn.packed_weight), as no user's model would.
     variants, inputs, notes, reference = make_variants(args, allocator)
     with torch.inference_mode():
         agreement = {name: cosine(fn(inputs[name]).float(), reference) for name, fn in variants.items()}
@@ -282,19 +285,34 @@ def main(argv: list[str] | None = None) -> dict:
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")):
+                flags = set(line.split(":", 1)[1].split())
                 break
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{cpu}, {os.cpu_count()} CPUs, load average {load:.1f} at the end"
+    return f"{cpu}, {os.cpu_count()} CPUs ({cpu_features(flags)}), load average {load:.1f} at the end"
+
+
+def cpu_features(flags: set[str]) -> str:
+    """The instruction sets the fast paths depend on, and what torch and oneDNN make of them here."""
+    from cmt_gen.model import onednn
+
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx_ne_convert", "amx_bf16", "amx_tile", "neon", "asimd")
+    have = [f for f in wanted if f in flags] or ["flags unknown"]
+    bf16 = onednn._HAVE_ONEDNN and onednn.linear_case_ok(torch.bfloat16)
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+    return f"{' '.join(have)}; ATen {capability}; oneDNN bf16 path {'yes' if bf16 else 'no'}"
 
 
 def make_report(args, times: dict, latency: dict, notes: dict, agreement: dict) -> dict:
     base = statistics.median(times[REFERENCE])
     same = statistics.median(times[SAME_RUNTIME_REFERENCE])
-    system_rows = {REFERENCE, "as built (SDPA)", "deploy, system allocator"}
+    system_rows = {REFERENCE, "as built (SDPA)", "deploy, system allocator", INFERENCE_MODE_BUILT}
+    deploy = statistics.median(times["deploy"])
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -302,12 +320,21 @@ def make_report(args, times: dict, latency: dict, notes: dict, agreement: dict) 
                      "median_s": med, "images_per_s": args.batch / med, "ratio": base / med,
                      "ratio_same_allocator": (base if name in system_rows else same) / med,
                      "spread": (max(ts) - min(ts)) / med, "cosine_to_reference": agreement[name],
-                     "target": TARGETS.get(name), "note": notes.get(name, "")})
+                     "target": TARGETS.get(name), "note": notes.get(name, ""),
+                     "worth": med / deploy - 1 if name.startswith("deploy without")
+                     else None})
     lat = {k: statistics.median(v) for k, v in latency.items()}
     return {"spec": args.spec, "resolution": build_model(args.spec).spec.resolution, "batch": args.batch,
             "threads": args.threads, "rounds": args.rounds, "torch": torch.__version__, "machine": machine(),
             "rows": rows, "latency_p50_s": lat, "latency_ratio": lat["deploy"] / lat["as released"],
             "latency_ratio_same_allocator": lat["deploy"] / lat["as released, retain allocator"]}
+
+
+def worth(row: dict) -> str:
+    """For an ablation row: how much slower the deploy form is without that rewrite, and whether it pays."""
+    if row.get("worth") is None:
+        return ""
+    return f"{row['worth'] * 100:+.1f}%: {'keep' if row['worth'] >= WORTH else 'below 2%'}"
 
 
 def verdict(ratio: float, target: float) -> str:
@@ -318,14 +345,14 @@ def print_report(r: dict) -> None:
     print(f"{r['spec']} at {r['resolution']}, batch {r['batch']}, fp32 unless noted, {r['threads']} threads, "
           f"median of {r['rounds']} interleaved rounds; torch {r['torch']}; {r['machine']}")
     print("| variant | allocator | ms / batch | images/s | vs as released | vs as released, same allocator | "
-          "spread | cos to fp32 ref | target (vs as released / same allocator) | note |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|")
+          "spread | cos to fp32 ref | target (vs as released / same allocator) | the rewrite's worth | note |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---|---|")
     for row in r["rows"]:
         target = f"{verdict(row['ratio'], row['target'])} / {verdict(row['ratio_same_allocator'], row['target'])}" \
             if row["target"] else ""
         print(f"| {row['variant']} | {row['allocator']} | {row['median_s'] * 1e3:.0f} | {row['images_per_s']:.1f} | "
               f"{row['ratio']:.2f}x | {row['ratio_same_allocator']:.2f}x | {row['spread'] * 100:.0f}% | "
-              f"{row['cosine_to_reference']:.6f} | {target} | {row['note']} |")
+              f"{row['cosine_to_reference']:.6f} | {target} | {worth(row)} | {row['note']} |")
     lat = r["latency_p50_s"]
     print("batch-1 latency p50: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in lat.items()))
     for key, what in (("latency_ratio", "vs as released"), ("latency_ratio_same_allocator", "same allocator")):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmt_gen.model import cache_chunks, onednn
+from cmt_gen.model import cache_chunks, deploy_attention, deploy_layers, onednn
 from cmt_gen.model import deploy as D
 from cmt_gen.model.deploy_layers import FusedConv, TokenLinear
 
@@ -123,6 +123,10 @@ def with_sdpa(model):
     return model
 
 
+# Every module that binds the view helpers by name (a patch of one module misses the others' calls).
+VIEW_USERS = (D, deploy_attention, deploy_layers)
+
+
 class CopyingViews(nn.Module):
     """Runs the deploy form with token <-> map conversions that copy, as the training form's do."""
 
@@ -131,13 +135,16 @@ class CopyingViews(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        saved = D.tokens_as_map, D.map_as_tokens
-        D.tokens_as_map = lambda t, h, w: saved[0](t, h, w).contiguous()
-        D.map_as_tokens = lambda m: saved[1](m.contiguous()).contiguous()
+        to_map, to_tokens = deploy_layers.tokens_as_map, deploy_layers.map_as_tokens
+        saved = [(m, m.tokens_as_map, m.map_as_tokens) for m in VIEW_USERS]
+        for module in VIEW_USERS:
+            module.tokens_as_map = lambda t, h, w: to_map(t, h, w).contiguous()
+            module.map_as_tokens = lambda m: to_tokens(m.contiguous()).contiguous()
         try:
             return self.model(x.contiguous())
         finally:
-            D.tokens_as_map, D.map_as_tokens = saved
+            for module, a, b in saved:
+                module.tokens_as_map, module.map_as_tokens = a, b
 
 
 def without_channels_last(model):

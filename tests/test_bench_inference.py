@@ -30,6 +30,7 @@ def test_reduced_benchmark_reports_every_row(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     rows = {row["variant"]: row for row in report["rows"]}
     expected = {"as released (reference)", "deploy", "onnxruntime (deploy)", "deploy, bf16",
+                "deploy, built under inference_mode, system allocator",
                 *(f"deploy without {name}" for name in ABLATIONS)}
     assert expected <= set(rows), sorted(expected - set(rows))
     for name, row in rows.items():
@@ -37,6 +38,8 @@ def test_reduced_benchmark_reports_every_row(tmp_path, monkeypatch):
         floor = 0.999 if "bf16" in name else 0.99999  # every row computes the same logits
         assert row["cosine_to_reference"] >= floor, (name, row["cosine_to_reference"])
     assert report["latency_ratio"] > 0
+    assert all(isinstance(rows[f"deploy without {name}"]["worth"], float) for name in ABLATIONS)
+    assert "oneDNN bf16 path" in report["machine"]  # the ablation names the CPU and its features
 
 
 def test_kernel_report_times_the_onednn_path(monkeypatch, capsys):

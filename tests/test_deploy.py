@@ -375,6 +375,7 @@ def test_compiled_deploy_form_matches_eager_with_token_linears_on_onednn(monkeyp
     from torch.profiler import ProfilerActivity, profile
 
     from cmt_gen.export.graph import InferenceGraph
+    from cmt_gen.model import capture
     from cmt_gen.model.deploy_attention import DeployLightweightMHSA
     from cmt_gen.profile.backends import compile_model
     from cmt_gen.profile.settings import resolve_settings
@@ -382,7 +383,7 @@ def test_compiled_deploy_form_matches_eager_with_token_linears_on_onednn(monkeyp
     folds: list[bool] = []
     real_fold = DeployLightweightMHSA._single_head
     monkeypatch.setattr(DeployLightweightMHSA, "_single_head",
-                        lambda self, *args: folds.append(torch.compiler.is_compiling()) or real_fold(self, *args))
+                        lambda self, *args: folds.append(capture.is_compiling()) or real_fold(self, *args))
     model = trained_looking(build_model(tiny_spec_dict()).eval()).reparameterize()
     compiled = compile_model(InferenceGraph(model), resolve_settings(device="cpu", backend="compile"))
     x = torch.randn(2, 3, 64, 64)
