@@ -144,6 +144,16 @@ def test_reparameterize_works_in_train_mode_as_timm_models_do_and_is_idempotent(
         assert torch.equal(in_eval(x), in_train(x))
 
 
+def test_an_unknown_attention_kernel_is_refused_before_anything_changes() -> None:
+    model = build_model(tiny_spec_dict()).eval()
+    before = copy.deepcopy(model.state_dict())
+    for call in (lambda: model.reparameterize(attention_kernel="bogus"),
+                 lambda: model.stages[0].reparameterize(attention_kernel="bogus")):
+        with pytest.raises(ValueError, match="'bogus' is not one of sdpa, matmul"):
+            call()
+    assert not D.is_deploy_form(model) and model.state_dict().keys() == before.keys()
+
+
 def test_position_bias_is_resampled_once_per_size() -> None:
     torch.manual_seed(0)
     model = trained_looking(build_model(tiny_spec_dict()))

@@ -22,6 +22,13 @@ KERNELS = ("sdpa", "matmul")
 _DEFAULT_BY_DEVICE = {"cpu": "matmul", "cuda": "sdpa"}
 
 
+def check_kernel(kernel: str | None) -> None:
+    """Refuse an unknown kernel name before any layer is rewritten (None: the device's default)."""
+    if kernel is not None and kernel not in KERNELS:
+        raise ValueError(f"attention_kernel={kernel!r} is not one of {', '.join(KERNELS)} (or None: the fastest "
+                         "on the model's device)")
+
+
 def default_kernel(device_type: str) -> str:
     """The measured winner for this device type; SDPA where nothing was measured."""
     return _DEFAULT_BY_DEVICE.get(device_type, "sdpa")

@@ -20,6 +20,7 @@ from torch import nn
 
 from cmt_gen.model import capture, onednn
 from cmt_gen.model import layers as L
+from cmt_gen.model.attention_kernels import check_kernel
 from cmt_gen.model.cache_chunks import stage_chunks
 from cmt_gen.model.deploy_attention import (
     DeployKVReduction,
@@ -283,6 +284,7 @@ def is_deploy_form(model: nn.Module) -> bool:
 def reparameterize_network(model: nn.Module, attention_kernel: str | None = None) -> None:
     """Every layer of a `CMT` into its deploy form: the layer-by-layer walk timm's
     `reparameterize_model` makes too, so both give the same network."""
+    check_kernel(attention_kernel)
     for child in (model.stem, *model.stages, model.head):
         if child is not None and not isinstance(child, DEPLOY_CLASSES):
             child.reparameterize(attention_kernel=attention_kernel)
@@ -291,6 +293,7 @@ def reparameterize_network(model: nn.Module, attention_kernel: str | None = None
 
 def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:
     """The rewrite for this layer's class (what each layer's `reparameterize()` calls)."""
+    check_kernel(kernel)
     with_kernel = {L.LightweightMHSA: reparameterize_attention, L.CMTBlock: reparameterize_block,
                    L.CMTStage: reparameterize_stage}
     plain = {L.Stem: reparameterize_stem, L.PatchAggregation: reparameterize_patch_aggregation,
