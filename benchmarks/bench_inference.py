@@ -157,7 +157,7 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
             if hasattr(module, "fused"):
                 module.fused = True
         with torch.inference_mode():  # as a user's script may: built, loaded and rewritten under inference_mode
-            inside = copy.deepcopy(released_model(args)).reparameterize()
+            inside = released_model(args).reparameterize()
         variants = {REFERENCE: released, "as built (SDPA)": as_built, "deploy, system allocator": deploy,
                     INFERENCE_MODE_BUILT: inside}
         with torch.inference_mode():

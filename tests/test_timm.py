@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from conftest import LAYOUT_FILE, REPO, tiny_spec_dict
 from reference_forward import random_official_state_dict
+from test_deploy import trained_looking
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
 
 import cmt_gen.timm as cmt_timm
@@ -368,16 +369,6 @@ def test_release_url_only_for_the_released_layers():
 
 # ---------------------------------------------------------------- timm's reparameterize_model
 
-def _with_running_statistics(model: torch.nn.Module) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return model
-
-
 def test_timm_reparameterize_model_in_train_mode_gives_our_deploy_form():
     """timm's validate.py / benchmark.py / onnx_export.py --reparam call `reparameterize_model` on a
     freshly created model, still in train mode: the result is the network `model.eval().reparameterize()`
@@ -388,7 +379,7 @@ def test_timm_reparameterize_model_in_train_mode_gives_our_deploy_form():
 
     from cmt_gen.model.deploy import is_deploy_form
 
-    model = _with_running_statistics(_tiny()).train()
+    model = trained_looking(_tiny()).train()
     by_timm = reparameterize_model(model).eval()
     ours = copy.deepcopy(model).eval().reparameterize()
     assert model.training and not is_deploy_form(model)  # timm worked on a copy
@@ -407,7 +398,7 @@ def test_fvcore_counts_a_deploy_form_as_timm_benchmark_does():
     RuntimeError: every matmul of the deploy form must be one fvcore's handles accept."""
     from fvcore.nn import FlopCountAnalysis
 
-    model = _with_running_statistics(_tiny()).reparameterize()
+    model = trained_looking(_tiny()).reparameterize()
     analysis = FlopCountAnalysis(model, torch.ones(1, 3, 64, 64))
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)

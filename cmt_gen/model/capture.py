@@ -28,16 +28,21 @@ def _first_probe(*candidates: tuple[object, str]) -> Callable[[], bool]:
     return _never
 
 
-def _dynamo() -> object:
+def _compiling_probe() -> Callable[[], bool]:
+    """torch.compiler's probe; torch._dynamo's only where that is missing (importing dynamo costs
+    about a second, so it is not done on torch releases that do not need it)."""
+    probe = _first_probe((getattr(torch, "compiler", None), "is_compiling"))
+    if probe is not _never:
+        return probe
     try:
         import torch._dynamo as dynamo
     except ImportError:  # a build without dynamo
-        return None
-    return dynamo
+        return _never
+    return _first_probe((dynamo, "is_compiling"))
 
 
 _compiler = getattr(torch, "compiler", None)
-is_compiling = _first_probe((_compiler, "is_compiling"), (_dynamo(), "is_compiling"))
+is_compiling = _compiling_probe()
 is_exporting = _first_probe((_compiler, "is_exporting"))
 _fx_module = getattr(torch.fx, "_symbolic_trace", None)
 _fx_tracing = _first_probe((_fx_module, "is_fx_symbolic_tracing"), (_fx_module, "is_fx_tracing"))  # the latter < 2.2

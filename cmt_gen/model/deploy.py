@@ -287,8 +287,7 @@ def reparameterize_network(model: nn.Module, attention_kernel: str | None = None
     check_kernel(attention_kernel)
     for child in (model.stem, *model.stages, model.head):
         if child is not None and not isinstance(child, DEPLOY_CLASSES):
-            child.reparameterize(attention_kernel=attention_kernel)
-    leave_inference_mode(model)
+            child.reparameterize(attention_kernel=attention_kernel)  # each ends in leave_inference_mode
 
 
 def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:

@@ -72,18 +72,15 @@ def conv1x1_as_linear(weight: torch.Tensor) -> torch.Tensor:
 
 
 def parameter(t: torch.Tensor) -> nn.Parameter:
-    """A fresh leaf parameter (folded weights are new values, not views of the trained ones).
-
-    Made outside inference_mode even when called inside it: only then does it have a
-    version counter, which the packed-weight and bias caches follow updates by.
-    """
-    with torch.inference_mode(False):
-        return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
+    """A fresh leaf parameter (folded weights are new values, not views of the trained ones)."""
+    return nn.Parameter(t.detach().clone().contiguous(), requires_grad=False)
 
 
 def leave_inference_mode(module: nn.Module) -> None:
     """Replace every parameter and buffer of `module` made under inference_mode by a normal copy,
-    so a deploy form built inside `torch.inference_mode()` runs as one built outside."""
+    so a deploy form built inside `torch.inference_mode()` runs as one built outside: only a
+    normal tensor has the version counter the packed-weight and bias caches follow updates by.
+    Every layer's rewrite ends with it (`deploy.reparameterize_layer`)."""
     with torch.inference_mode(False):
         for m in module.modules():
             for name, p in m._parameters.items():

@@ -33,8 +33,7 @@ PRIVATE_OPS = ("_linear_pointwise", "_convolution_pointwise", "_reorder_linear_w
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in PRIVATE_OPS)
 # Largest relative gap (to the output's largest magnitude) a self-check accepts: the dtype's rounding.
 SELF_CHECK_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1.6e-2}
-_DTYPES = (torch.float32, torch.bfloat16)
-
+_DTYPES = tuple(SELF_CHECK_TOLERANCE)  # the dtypes the fast path runs (a tuple: torch.compile traces the test)
 
 
 @torch.jit.unused
@@ -50,6 +49,31 @@ def activate(x: torch.Tensor, act: str) -> torch.Tensor:
     if act == "swish":
         return F.silu(x)
     return x
+
+
+# ---------------------------------------------------------------- the private ops, one call site each
+
+def pack_linear_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """`weight` (out, in) reordered by oneDNN for inputs of `rows` rows (uncached; see `packed_weight`)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def pack_conv_weight(weight: torch.Tensor, padding: int, stride: int, groups: int,
+                     input_shape: list[int]) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_convolution_weight(
+        weight, [padding, padding], [stride, stride], [1, 1], groups, input_shape)
+
+
+def linear_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, act: str) -> torch.Tensor:
+    """act(x @ W^T + b) by oneDNN, with the activation as a post-op (GELU: the exact erf form)."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
+
+
+def conv_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, padding: int, stride: int,
+            groups: int, act: str) -> torch.Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
+        "none" if act == "gelu" else "")
 
 
 # ---------------------------------------------------------------- self-checks
@@ -113,8 +137,7 @@ def _linear_probe(dtype: torch.dtype, act: str) -> tuple[torch.Tensor, torch.Ten
     g = torch.Generator().manual_seed(0)
     x = _probe_tensor(2, 3, 8, dtype=dtype, generator=g)
     w, b = _probe_tensor(12, 8, dtype=dtype, generator=g), _probe_tensor(12, dtype=dtype, generator=g)
-    packed = torch.ops.mkldnn._reorder_linear_weight(w, 6)
-    fast = torch.ops.mkldnn._linear_pointwise(x, packed, b, act, [], "none" if act == "gelu" else "")
+    fast = linear_op(x, pack_linear_weight(w, 6), b, act)
     return fast, activate(F.linear(x.float(), w.float(), b.float()), act)
 
 
@@ -127,17 +150,18 @@ def _conv_probe(dtype: torch.dtype, act: str, kernel: tuple[int, int], stride: i
         x = x.contiguous(memory_format=torch.channels_last)
     w = _probe_tensor(c_out, c_in // groups, *kernel, dtype=dtype, generator=g)
     b = _probe_tensor(c_out, dtype=dtype, generator=g)
-    packed = torch.ops.mkldnn._reorder_convolution_weight(
-        w, [padding, padding], [stride, stride], [1, 1], groups, list(x.shape))
-    fast = torch.ops.mkldnn._convolution_pointwise(
-        x, packed, b, [padding, padding], [stride, stride], [1, 1], groups, act, [], "none" if act == "gelu" else "")
+    fast = conv_op(x, pack_conv_weight(w, padding, stride, groups, list(x.shape)), b, padding, stride, groups, act)
     return fast, activate(F.conv2d(x.float(), w.float(), b.float(), stride, padding, 1, groups), act)
+
+
+def linear_case(dtype: torch.dtype, act: str = "none") -> tuple:
+    return ("linear", dtype, act)
 
 
 @torch.jit.unused
 def linear_case_ok(dtype: torch.dtype, act: str = "none") -> bool:
     """Whether oneDNN's packed linear is trusted for this dtype and activation here."""
-    return self_check(("linear", dtype, act), lambda: _linear_probe(dtype, act))
+    return self_check(linear_case(dtype, act), lambda: _linear_probe(dtype, act))
 
 
 @torch.jit.unused
@@ -195,7 +219,7 @@ def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], tor
 @torch.jit.unused
 def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
     """A linear's weight packed for `rows` input rows (unpacked, oneDNN reorders it on every call)."""
-    return _cached_pack(weight, rows, lambda: torch.ops.mkldnn._reorder_linear_weight(weight, rows))
+    return _cached_pack(weight, rows, lambda: pack_linear_weight(weight, rows))
 
 
 @torch.jit.unused
@@ -204,8 +228,7 @@ def packed_conv_weight(weight: torch.Tensor, x: torch.Tensor, padding: int, stri
     """A convolution's weight packed for inputs shaped like `x` (oneDNN still runs other shapes
     with it, reordering as needed)."""
     shape = tuple(x.shape)
-    return _cached_pack(weight, shape, lambda: torch.ops.mkldnn._reorder_convolution_weight(
-        weight, [padding, padding], [stride, stride], [1, 1], groups, list(shape)))
+    return _cached_pack(weight, shape, lambda: pack_conv_weight(weight, padding, stride, groups, list(shape)))
 
 
 # ---------------------------------------------------------------- the ops
@@ -217,10 +240,9 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if not (onednn_usable(x) and x.is_contiguous() and weight.dtype == x.dtype and linear_case_ok(x.dtype, act)):
         return None
     try:
-        packed = packed_weight(weight, x.numel() // x.shape[-1])
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
+        return linear_op(x, packed_weight(weight, x.numel() // x.shape[-1]), bias, act)
     except RuntimeError as exc:
-        give_up(("linear", x.dtype, act), f"raised on a {tuple(x.shape)} input: {_first_line(exc)}")
+        give_up(linear_case(x.dtype, act), f"raised on a {tuple(x.shape)} input: {_first_line(exc)}")
         return None
 
 
@@ -234,10 +256,7 @@ def _onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if not conv_case_ok(case):
         return None
     try:
-        packed = packed_conv_weight(weight, x, padding, stride, groups)
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
-            "none" if act == "gelu" else "")
+        return conv_op(x, packed_conv_weight(weight, x, padding, stride, groups), bias, padding, stride, groups, act)
     except RuntimeError as exc:
         give_up(case, f"raised on a {tuple(x.shape)} input: {_first_line(exc)}")
         return None

@@ -72,17 +72,15 @@ def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: f
 def _products(kind: str, a, b) -> dict:
     """The ways torch can multiply `a @ b` here: the default, and on CPU oneDNN with `b` pre-packed
     where torch has that op and it passes its self-check for this dtype (`model.onednn`)."""
-    import torch
 
     from cmt_gen.model import onednn
 
     products = {"matmul": lambda: a @ b}
-    if kind == "cpu" and onednn._HAVE_ONEDNN and a.dtype in onednn.SELF_CHECK_TOLERANCE \
-            and onednn.linear_case_ok(a.dtype):
+    if kind == "cpu" and onednn._HAVE_ONEDNN and a.dtype in onednn._DTYPES and onednn.linear_case_ok(a.dtype):
         try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), a.shape[0])
+            packed = onednn.pack_linear_weight(b.t().contiguous(), a.shape[0])
         except RuntimeError as exc:
-            onednn.give_up(("linear", a.dtype, "none"), f"raised packing a {tuple(b.shape)} operand: {exc}")
+            onednn.give_up(onednn.linear_case(a.dtype), f"raised packing a {tuple(b.shape)} operand: {exc}")
             return products
-        products["oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+        products["oneDNN"] = lambda: onednn.linear_op(a, packed, None, "none")
     return products
