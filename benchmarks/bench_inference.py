@@ -6,7 +6,7 @@ machine falls on all of them alike; the table gives each variant's median over t
 rounds and its ratio to the reference.
 
 Two worker processes, driven in lockstep (only one computes at a time), hold the
-variants, because the host allocator policy is process-wide (`cmt_gen.host_allocator`):
+variants, because the host allocator policy is process-wide (`cmt_gen.profile.host_allocator`):
 
 - `system` worker (the C library's allocator defaults, as the authors' code runs):
   the reference, i.e. the as-released form (`block.attention=math`, not
@@ -86,8 +86,8 @@ def onnx_runner(graph: nn.Module, x: torch.Tensor, stride: int, threads: int, fo
 
 def kernel_report(threads: int, batch: int) -> None:
     """Attention with a float bias and one linear, at CMT-S shapes, by each implementation."""
-    from cmt_gen.model import onednn
-    from cmt_gen.model.attention_kernels import attend
+    from cmt_gen.deploy import onednn
+    from cmt_gen.deploy.attention_kernels import attend
 
     torch.set_num_threads(threads)
     print(f"attention, float bias, fp32, batch {batch}, {threads} threads (ms, median of 7):")
@@ -194,8 +194,8 @@ def make_variants(args, allocator: str) -> tuple[dict, dict, dict, torch.Tensor]
 
 def worker(conn, argv: list[str], allocator: str) -> None:
     """Build this allocator's variants, report them, then time one call per request until told to stop."""
-    from cmt_gen.host_allocator import set_policy
-    from cmt_gen.onednn_cache import enlarge_primitive_cache
+    from cmt_gen.profile.host_allocator import set_policy
+    from cmt_gen.profile.onednn_cache import enlarge_primitive_cache
 
     enlarge_primitive_cache()
     args = parse(argv)
@@ -299,7 +299,7 @@ def machine() -> str:
 
 def cpu_features(flags: set[str]) -> str:
     """The instruction sets the fast paths depend on, and what torch and oneDNN make of them here."""
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     wanted = ("avx2", "avx512f", "avx512bw", "avx512_bf16", "avx_ne_convert", "amx_bf16", "amx_tile", "neon", "asimd")
     have = [f for f in wanted if f in flags] or ["flags unknown"]

@@ -13,9 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmt_gen.model import cache_chunks, deploy_attention, deploy_layers, onednn
-from cmt_gen.model import deploy as D
-from cmt_gen.model.deploy_layers import FusedConv, TokenLinear
+from cmt_gen.deploy import attention as deploy_attention
+from cmt_gen.deploy import blocks as deploy_layers
+from cmt_gen.deploy import cache_chunks, onednn
+from cmt_gen.deploy import rewrite as D
+from cmt_gen.deploy.blocks import FusedConv, TokenLinear
 
 
 class TokenAffine(nn.Module):
@@ -178,12 +180,12 @@ def without_single_head_fold(model):
 
 
 def without_image_chunks(model):
-    """Every stage on the whole batch at once (`model.cache_chunks`)."""
+    """Every stage on the whole batch at once (`deploy.cache_chunks`)."""
     return Patched(model, [(cache_chunks, "image_chunks", lambda tokens, widest: [tokens])])
 
 
 def without_packed_weights(model):
-    """oneDNN reorders each linear and conv weight on every call (`model.onednn._cached_pack`)."""
+    """oneDNN reorders each linear and conv weight on every call (`deploy.onednn._cached_pack`)."""
     return Patched(model, [(onednn, "packed_weight", lambda weight, rows: weight),
                            (onednn, "packed_conv_weight", lambda weight, *shape: weight)])
 

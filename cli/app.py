@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     one line, the traceback with --debug or CMT_GEN_DEBUG=1; 130 interrupted.
     """
     from cmt_gen.cli import streams
-    from cmt_gen.onednn_cache import enlarge_primitive_cache
+    from cmt_gen.profile.onednn_cache import enlarge_primitive_cache
 
     enlarge_primitive_cache()  # before any command runs a model (profile, calibrate, predict --measure)
     global _debug

@@ -31,7 +31,7 @@ def export(
 
     from cmt_gen.errors import CmtGenError
     from cmt_gen.export.formats import FORMATS
-    from cmt_gen.export.job import export_spec
+    from cmt_gen.jobs.export import export_spec
     from cmt_gen.spec.loading import load_spec, spec_files
 
     if fmt not in FORMATS:

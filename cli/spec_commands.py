@@ -36,7 +36,7 @@ def build(
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.cost.summary import summarize
-    from cmt_gen.model.build_job import check_build_fits, check_output_path, run_build
+    from cmt_gen.jobs.build import check_build_fits, check_output_path, run_build
     from cmt_gen.spec.loading import load_spec, spec_files
 
     resolved = load_spec(spec, overrides)

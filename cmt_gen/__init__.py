@@ -19,7 +19,7 @@ _EXPORTS = {
     "measured_cost": "cmt_gen.check.measured",
     "check_budget": "cmt_gen.check.budget",
     "profile_model": "cmt_gen.profile.runner",
-    "export_spec": "cmt_gen.export.job",
+    "export_spec": "cmt_gen.jobs.export",
     "predict_latency": "cmt_gen.latency.predict",
     "scale_spec": "cmt_gen.design.scaling",
     "design_specs": "cmt_gen.design.search",

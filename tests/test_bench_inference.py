@@ -46,7 +46,7 @@ def test_kernel_report_times_the_onednn_path(monkeypatch, capsys):
     """`--kernels` used to time `onednn.linear` with autograd on, where it steps aside for F.linear."""
     import torch
 
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     if not onednn._HAVE_ONEDNN:
         pytest.skip("needs torch's oneDNN ops")

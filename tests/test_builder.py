@@ -11,8 +11,9 @@ import cmt_gen
 from cmt_gen import build_model, load_spec
 from cmt_gen.cost.analytic import analytic_cost
 from cmt_gen.errors import CmtGenError, InputShapeError
-from cmt_gen.model.layers import DropPath, resample_position_bias
+from cmt_gen.model.layers import DropPath
 from cmt_gen.model.network import CMT, count_parameters, stage_arguments
+from cmt_gen.ops.position_bias import resample_position_bias
 from cmt_gen.spec.serialize import spec_to_yaml
 
 

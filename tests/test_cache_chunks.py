@@ -9,8 +9,8 @@ import torch
 from conftest import tiny_spec_dict
 
 from cmt_gen import build_model
-from cmt_gen.model import cache_chunks
-from cmt_gen.model.deploy import DeployCMTStage
+from cmt_gen.deploy import cache_chunks
+from cmt_gen.deploy.rewrite import DeployCMTStage
 
 
 def _fake_caches(root: Path, caches: list[tuple[str, str]]) -> Path:

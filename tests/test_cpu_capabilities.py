@@ -22,7 +22,7 @@ from conftest import tiny_spec_dict
 from test_deploy import REL_TOL, relative_gap, trained_looking
 
 from cmt_gen import build_model
-from cmt_gen.model import onednn
+from cmt_gen.deploy import onednn
 
 needs_onednn = pytest.mark.skipif(not onednn._HAVE_ONEDNN, reason="needs torch's oneDNN ops")
 
@@ -30,7 +30,7 @@ CHILD = r"""
 import copy, json, warnings
 import torch
 from cmt_gen import build_model
-from cmt_gen.model import onednn
+from cmt_gen.deploy import onednn
 from conftest import tiny_spec_dict
 from test_deploy import trained_looking
 

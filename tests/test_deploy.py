@@ -11,9 +11,10 @@ from conftest import tiny_spec_dict
 from torch import nn
 
 from cmt_gen import build_model
-from cmt_gen.model import deploy as D
-from cmt_gen.model.attention_kernels import attend, default_kernel
-from cmt_gen.model.deploy_layers import FusedConv, TokenLinear
+from cmt_gen.deploy import rewrite as D
+from cmt_gen.deploy.attention_kernels import attend, default_kernel
+from cmt_gen.deploy.blocks import FusedConv, TokenLinear
+from cmt_gen.deploy.hook import is_deploy_form
 
 REL_TOL = 1e-5  # fp32: max |deploy - trained| / max |trained|
 
@@ -64,7 +65,7 @@ def test_deploy_form_equals_trained_form_for_every_block_option(attention, optio
     torch.manual_seed(0)
     model = trained_looking(build_model(tiny_spec_dict(block={"attention": attention, **options})))
     deployed = assert_same_outputs(model)
-    assert D.is_deploy_form(deployed)
+    assert is_deploy_form(deployed)
 
 
 @pytest.mark.parametrize("name", ["cmt_ti", "cmt_xs", "cmt_s",
@@ -87,7 +88,7 @@ def test_timm_reparameterize_model_gives_the_same_network() -> None:
     with torch.inference_mode():
         assert relative_gap(by_timm(x), model(x)) < REL_TOL
         assert relative_gap(ours(x), model(x)) < REL_TOL
-    assert D.is_deploy_form(by_timm)
+    assert is_deploy_form(by_timm)
 
 
 def test_each_layer_can_be_deployed_on_its_own_first() -> None:
@@ -151,7 +152,7 @@ def test_an_unknown_attention_kernel_is_refused_before_anything_changes() -> Non
                  lambda: model.stages[0].reparameterize(attention_kernel="bogus")):
         with pytest.raises(ValueError, match="'bogus' is not one of sdpa, matmul"):
             call()
-    assert not D.is_deploy_form(model) and model.state_dict().keys() == before.keys()
+    assert not is_deploy_form(model) and model.state_dict().keys() == before.keys()
 
 
 def test_position_bias_is_resampled_once_per_size() -> None:
@@ -270,7 +271,7 @@ def test_profile_measures_the_deploy_form_and_leaves_a_callers_model_alone() -> 
     target = target_from_module(model)
     settings = resolve_settings(device="cpu")
     deployed = prepare_model(model, target, settings)
-    assert D.is_deploy_form(deployed) and not D.is_deploy_form(model)
+    assert is_deploy_form(deployed) and not is_deploy_form(model)
     assert prepare_model(model, target, replace(settings, form="as-built")) is model
     assert prepare_model(model, target, replace(settings, mode="train")) is model
     assert compile_options(settings) == {} and freezes_weights(settings)  # frozen through FrozenCompiled
@@ -312,7 +313,7 @@ def test_cpu_bf16_units_and_plain_precision_verdicts(tmp_path) -> None:
 
 def test_non_cpu_path_runs_portable_ops_with_sdpa(monkeypatch) -> None:
     """The path a GPU takes (no oneDNN, SDPA with the float bias), on CPU with oneDNN made absent."""
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     torch.manual_seed(0)
     model = trained_looking(build_model(tiny_spec_dict()))
@@ -384,9 +385,9 @@ def test_compiled_deploy_form_matches_eager_with_token_linears_on_onednn(monkeyp
     and one-head attention keeps its projections (inductor's code for the fold was slower)."""
     from torch.profiler import ProfilerActivity, profile
 
+    from cmt_gen.deploy.attention import DeployLightweightMHSA
     from cmt_gen.export.graph import InferenceGraph
-    from cmt_gen.model import capture
-    from cmt_gen.model.deploy_attention import DeployLightweightMHSA
+    from cmt_gen.ops import capture
     from cmt_gen.profile.backends import compile_model
     from cmt_gen.profile.settings import resolve_settings
 
@@ -458,7 +459,7 @@ def test_compiled_cpu_inference_freezes_weights():
 def _linear_case() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Callable, Callable]:
     import torch.nn.functional as F
 
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     weight, bias = torch.randn(32, 16), torch.randn(32)
     inputs = [torch.randn(2, 10, 16), torch.randn(1, 10, 16), torch.randn(3, 7, 16)]
@@ -469,7 +470,7 @@ def _linear_case() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Call
 def _depthwise_case() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], Callable, Callable]:
     import torch.nn.functional as F
 
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     weight, bias = torch.randn(16, 1, 3, 3), torch.randn(16)
     shapes = ((2, 16, 8, 8), (1, 16, 8, 8), (3, 16, 5, 5))
@@ -484,7 +485,7 @@ def test_packed_weights_follow_updates_and_go_with_the_weight(case: Callable) ->
     and dropped with the weight; every shape, packed for or not, gives the right answer."""
     import gc
 
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     if not onednn._HAVE_ONEDNN:
         pytest.skip("needs torch's oneDNN ops")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cmt_gen.export.job import check_sizes, export_spec
+from cmt_gen.jobs.export import check_sizes, export_spec
 
 
 def _roundtrip(cli, spec_file, tmp_path, fmt: str, suffix: str) -> dict:

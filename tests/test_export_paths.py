@@ -20,7 +20,7 @@ from conftest import tiny_spec_dict
 from cmt_gen import build_model
 from cmt_gen.errors import InputShapeError
 from cmt_gen.export.formats import stride_multiples_supported
-from cmt_gen.model.layers import resample_position_bias
+from cmt_gen.ops.position_bias import resample_position_bias
 
 REL = 1e-5
 SLOW = pytest.mark.slow

@@ -7,8 +7,8 @@ import resource
 
 import pytest
 
-from cmt_gen import host_allocator as H
 from cmt_gen.errors import CmtGenError
+from cmt_gen.profile import host_allocator as H
 
 needs_glibc = pytest.mark.skipif(H.retain_unavailable() is not None, reason="retain needs glibc's mallopt (Linux)")
 
@@ -83,7 +83,7 @@ def test_profile_and_calibration_record_the_allocator(cli, tiny_spec_file, tmp_p
 
 
 def test_onednn_cache_is_enlarged_before_models_run_unless_the_user_chose(monkeypatch):
-    from cmt_gen.onednn_cache import CAPACITY, CAPACITY_ENV, enlarge_primitive_cache
+    from cmt_gen.profile.onednn_cache import CAPACITY, CAPACITY_ENV, enlarge_primitive_cache
 
     monkeypatch.delenv(CAPACITY_ENV, raising=False)
     assert enlarge_primitive_cache() == str(CAPACITY)
@@ -97,7 +97,7 @@ def test_cli_processes_start_with_the_larger_onednn_cache():
 
     from conftest import subprocess_env
 
-    from cmt_gen.onednn_cache import CAPACITY, CAPACITY_ENV
+    from cmt_gen.profile.onednn_cache import CAPACITY, CAPACITY_ENV
 
     # `cmt-gen list` runs no model; the variable is set for the whole process before any command does.
     script = ("import os, sys\nfrom cmt_gen.cli.app import main\n"

@@ -270,7 +270,7 @@ def test_guard_counts_the_input_batch():
     """A spec with few weights and activations but a huge input is refused for its input."""
     from cmt_gen.cost.memory_guard import memory_parts
     from cmt_gen.errors import CmtGenError
-    from cmt_gen.model.build_job import check_build_fits
+    from cmt_gen.jobs.build import check_build_fits
     from cmt_gen.spec.loading import load_spec
 
     spec = load_spec(tiny_spec_dict(in_channels=1024, resolution=1024))

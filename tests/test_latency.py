@@ -270,8 +270,8 @@ def test_torch_timer_measures_a_block():
 def test_blocks_are_timed_in_the_image_chunks_their_stage_runs(monkeypatch, form, chunk):
     """On CPU a deploy stage runs a cache-spilling batch a few images at a time, so a deploy
     calibration times each block on those chunks (here: a cache so small each image is one)."""
+    from cmt_gen.deploy import cache_chunks
     from cmt_gen.latency import measure
-    from cmt_gen.model import cache_chunks
     from cmt_gen.profile.settings import resolve_settings
 
     monkeypatch.setattr(cache_chunks, "last_level_cache_bytes", lambda: 2)

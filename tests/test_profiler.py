@@ -43,7 +43,7 @@ def quick_peak(monkeypatch):
 def test_cpu_peak_tries_every_product_torch_has_and_they_agree(dtype):
     """The deploy form's linears run through oneDNN, which on AMD CPUs is about twice MKL's
     `a @ b`; a peak from `a @ b` alone made the deploy form read as 127% of peak."""
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
     from cmt_gen.profile import peak as profile_peak
 
     a, b = torch.randn(64, 64, dtype=dtype), torch.randn(64, 64, dtype=dtype)

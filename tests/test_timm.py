@@ -377,7 +377,7 @@ def test_timm_reparameterize_model_in_train_mode_gives_our_deploy_form():
 
     from timm.utils.model import reparameterize_model
 
-    from cmt_gen.model.deploy import is_deploy_form
+    from cmt_gen.deploy.hook import is_deploy_form
 
     model = trained_looking(_tiny()).train()
     by_timm = reparameterize_model(model).eval()

@@ -54,7 +54,7 @@ class TorchPartTimer:
         """Place a module and its inputs for the settings, then time calls like the profiler does.
 
         `chunk_width` (a block's IRFFN width): call the deploy block on the image chunks its
-        stage would split the batch into (`model.cache_chunks`), one after the other, so the
+        stage would split the batch into (`deploy.cache_chunks`), one after the other, so the
         part is timed as the whole network runs it.
         """
         import contextlib
@@ -66,7 +66,7 @@ class TorchPartTimer:
         dtype = torch.float32 if amp else getattr(torch, s.compute_dtype)
         module = module.eval()
         if self.form == "deploy":  # each part alone has its exact deploy rewrite, as the whole network does
-            from cmt_gen.model.attention_kernels import default_kernel
+            from cmt_gen.deploy.attention_kernels import default_kernel
 
             module.reparameterize(attention_kernel=default_kernel(s.device_type))
         module = module.to(device=s.device, dtype=dtype)
@@ -90,7 +90,7 @@ class TorchPartTimer:
 
 def _as_the_stage_chunks(inputs: list, width: int) -> list[list]:
     """A block's call arguments, once per image chunk its deploy stage would run (`DeployCMTStage`)."""
-    from cmt_gen.model.cache_chunks import stage_chunks
+    from cmt_gen.deploy.cache_chunks import stage_chunks
 
     tokens, rest = inputs[0], inputs[1:]
     return [[part, *rest] for part in stage_chunks(tokens, width)]

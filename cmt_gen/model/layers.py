@@ -14,9 +14,12 @@ import torch.utils.checkpoint
 from torch import nn
 
 from cmt_gen.cost import analytic as complexity
+from cmt_gen.deploy import attention as deploy_attention
+from cmt_gen.deploy import rewrite as deploy
+from cmt_gen.deploy.hook import Reparameterizable
 from cmt_gen.errors import InputShapeError
-from cmt_gen.model.capture import recording
-from cmt_gen.model.reparameterizable import Reparameterizable
+from cmt_gen.ops.capture import recording
+from cmt_gen.ops.position_bias import position_bias_at
 
 BN_EPS = 1e-5
 LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
@@ -101,6 +104,7 @@ class Stem(Reparameterizable, nn.Sequential):
     """3x3 s2 (in -> s), 3x3 (s -> s), 3x3 (s -> s); each conv, GELU, BN."""
 
     complexity = staticmethod(complexity.stem_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_stem)
 
     def __init__(self, in_channels: int, channels: int):
         super().__init__(
@@ -114,6 +118,7 @@ class PatchAggregation(Reparameterizable, nn.Module):
     """2x2 conv stride 2, flatten to tokens, LayerNorm: halves the map between stages."""
 
     complexity = staticmethod(complexity.patch_aggregation_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_patch_aggregation)
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -129,6 +134,7 @@ class LocalPerceptionUnit(Reparameterizable, nn.Module):
     """LPU: x + DWConv3x3(x), on the image view."""
 
     complexity = staticmethod(complexity.local_perception_unit_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_lpu)
 
     def __init__(self, dim: int):
         super().__init__()
@@ -145,6 +151,7 @@ class KVReduction(Reparameterizable, nn.Module):
     """
 
     complexity = staticmethod(complexity.kv_reduction_cost)
+    deploy_rewrite = staticmethod(deploy_attention.reparameterize_kv_reduction)
 
     def __init__(self, dim: int, ratio: int, kind: str):
         super().__init__()
@@ -180,54 +187,11 @@ def new_position_bias(heads: int, h: int, w: int, reduction: int) -> nn.Paramete
     return nn.Parameter(torch.randn(heads, h * w, (h // reduction) * (w // reduction)))
 
 
-def resample_position_bias(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
-                           new_q: tuple[int, int], new_kv: tuple[int, int]) -> torch.Tensor:
-    """Bicubic resampling of a (heads, Nq, Nk) bias over its query grid, then its key grid.
-
-    Branch-free on purpose: a Python `if same grid` would bake the traced size into
-    jit.trace / torch.export graphs. Bicubic at scale 1 samples each point with
-    weights (0, 1, 0, 0), so at the stored grid the result is bit-for-bit the bias
-    (tests/test_export_paths.py holds it to that).
-    """
-    heads, n_kv = bias.shape[0], bias.shape[2]
-    dtype = bias.dtype
-    if not torch.jit.is_scripting():  # noqa: SIM102 - TorchScript skips only a block guarded on its own
-        if fp16_on_cpu(bias):  # no fp16 bicubic kernel on CPUs before torch 2.3: resample in fp32
-            bias = bias.float()
-    x = bias.reshape(heads, q_grid[0], q_grid[1], n_kv).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=new_q, mode="bicubic", align_corners=False)
-    n_q = new_q[0] * new_q[1]
-    x = x.reshape(heads, kv_grid[0], kv_grid[1], n_q).permute(0, 3, 1, 2)
-    x = F.interpolate(x, size=new_kv, mode="bicubic", align_corners=False)
-    return x.reshape(heads, n_q, new_kv[0] * new_kv[1]).to(dtype)
-
-
-@torch.jit.unused
-def fp16_on_cpu(bias: torch.Tensor) -> bool:
-    """A real fp16 CPU tensor (FX's symbolic proxies are not tensors: they take the plain path)."""
-    return isinstance(bias, torch.Tensor) and bias.dtype == torch.float16 and bias.device.type == "cpu"
-
-
-def position_bias_at(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
-                     new_q: tuple[int, int], new_kv: tuple[int, int]) -> torch.Tensor:
-    """The bias at this input's grids. Eager mode skips the resampling at the stored grid (an exact copy
-    there, but 4-16% of a CPU forward); graphs (script, trace, FX, export) always resample, so they hold
-    at every size."""
-    if not torch.jit.is_scripting():  # noqa: SIM102 - TorchScript skips only a block guarded on its own
-        if at_stored_grid_in_eager(q_grid, kv_grid, new_q, new_kv):
-            return bias
-    return resample_position_bias(bias, q_grid, kv_grid, new_q, new_kv)
-
-
-@torch.jit.unused
-def at_stored_grid_in_eager(q_grid, kv_grid, new_q, new_kv) -> bool:
-    return not recording() and (tuple(q_grid), tuple(kv_grid)) == (tuple(new_q), tuple(new_kv))
-
-
 class LightweightMHSA(Reparameterizable, nn.Module):
     """LMHSA: q from all tokens; k, v from the reduced map; softmax(q k^T * scale + B) v; proj."""
 
     complexity = staticmethod(complexity.lmhsa_cost)
+    deploy_rewrite = staticmethod(deploy_attention.reparameterize_attention)
 
     def __init__(self, dim: int, heads: int, reduction: int, qkv_bias: bool = True,
                  reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
@@ -277,6 +241,7 @@ class IRFFN(Reparameterizable, nn.Module):
     """IRFFN: 1x1 up, GELU, BN; DW3x3 + residual, GELU, BN; 1x1 down, BN."""
 
     complexity = staticmethod(complexity.irffn_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_irffn)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -300,6 +265,7 @@ class CMTBlock(Reparameterizable, nn.Module):
     """LPU, then x + LMHSA(LN(x)), then x + IRFFN(LN(x)); drop path on both branches."""
 
     complexity = staticmethod(complexity.cmt_block_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_block)
 
     def __init__(self, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool = True,
                  lpu: bool = True, reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
@@ -326,6 +292,7 @@ class CMTStage(Reparameterizable, nn.Module):
     """Patch aggregation, the stage's shared position bias, then `depth` CMT blocks."""
 
     complexity = staticmethod(complexity.cmt_stage_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_stage)
 
     def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int,
                  qkv_bias: bool = True, lpu: bool = True, reduction_kind: str = "dwconv_bn",
@@ -383,6 +350,7 @@ class ClassifierHead(Reparameterizable, nn.Module):
     """
 
     complexity = staticmethod(complexity.classifier_head_cost)
+    deploy_rewrite = staticmethod(deploy.reparameterize_head)
 
     def __init__(self, c_in: int, fc_channels: int, num_classes: int, dropout: float = 0.0,
                  global_pool: str = "avg"):

@@ -8,6 +8,7 @@ layers never read the spec themselves.
 import torch
 from torch import nn
 
+from cmt_gen.deploy.rewrite import reparameterize_network
 from cmt_gen.model.layers import ClassifierHead, CMTStage, InputCheck, Stem, check_pool
 from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
 from cmt_gen.spec.schema import CMTSpec
@@ -167,7 +168,7 @@ class CMT(nn.Module):
         self.num_classes, self.global_pool, self.head.global_pool = num_classes, pool, pool
         fc = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
         fc.apply(init_weights)
-        self.head.fc = fc.to(self.head.conv.weight.device)
+        self.head.fc = fc.to(next(self.head.parameters()).device)  # the deploy head has no .conv
 
     def group_matcher(self, coarse: bool = False) -> dict:
         """Parameter groups by depth for timm's layer-wise LR decay: stem, then stage (or block) order."""
@@ -184,9 +185,7 @@ class CMT(nn.Module):
             stage.grad_checkpointing = enable
 
     def reparameterize(self, attention_kernel: "str | None" = None) -> "CMT":
-        """Rewrite in place into the deploy form: same outputs, faster (eval only; see `model.deploy`)."""
-        from cmt_gen.model.deploy import reparameterize_network
-
+        """Rewrite in place into the deploy form: same outputs, faster (eval only; see `deploy.rewrite`)."""
         reparameterize_network(self, attention_kernel)
         return self
 

@@ -1,7 +1,7 @@
 """What a profile measures: which form of the model (deploy or as built) on which runtime.
 
 - form `deploy` (default): CMT models are measured as shipped, rewritten by
-  `CMT.reparameterize()` (see `model.deploy`); peers and training runs have no
+  `CMT.reparameterize()` (see `deploy.rewrite`); peers and training runs have no
   deploy form and are measured as built. `as-built` measures the training form.
 - backend `eager`, `compile` (`torch.compile`; on CPU for inference with weight
   freezing, which lets inductor pre-pack weights for oneDNN) or `onnxruntime`
@@ -30,7 +30,7 @@ def prepare_model(model, target, settings):
     """The model in the settings' form, still on CPU in fp32 (a resident module is copied, not changed)."""
     if not applies_deploy_form(model, settings):
         return model
-    from cmt_gen.model.attention_kernels import default_kernel
+    from cmt_gen.deploy.attention_kernels import default_kernel
 
     if target.resident:
         model = copy.deepcopy(model)

@@ -156,8 +156,8 @@ def thread_count(threads: int | None) -> Iterator[None]:
 def run_environment(settings: ProfileSettings) -> Iterator[None]:
     """Threads, device flags and the host allocator policy of a run, all restored after; and, before the
     process's first oneDNN kernel, room in oneDNN's cache for the many networks of a run (onednn_cache)."""
-    from cmt_gen.host_allocator import allocator_policy
-    from cmt_gen.onednn_cache import enlarge_primitive_cache
+    from cmt_gen.profile.host_allocator import allocator_policy
+    from cmt_gen.profile.onednn_cache import enlarge_primitive_cache
 
     enlarge_primitive_cache()
 

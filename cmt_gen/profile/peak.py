@@ -4,7 +4,7 @@ A square matmul grows until one call is long enough to be efficient, then the
 best of a few timed windows is kept: a practical peak of this device, this
 dtype and this thread count, not a datasheet figure. On CPU the product also
 runs through oneDNN with a pre-packed operand, as the deploy form's linears do
-(`model.onednn`), and the faster of the two is the peak: on this project's AMD
+(`deploy.onednn`), and the faster of the two is the peak: on this project's AMD
 CPU the MKL sgemm behind `a @ b` reached 110 GMAC/s and oneDNN about twice
 that, so against `a @ b` alone the deploy form read as 127% of peak.
 """
@@ -71,9 +71,9 @@ def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: f
 
 def _products(kind: str, a, b) -> dict:
     """The ways torch can multiply `a @ b` here: the default, and on CPU oneDNN with `b` pre-packed
-    where torch has that op and it passes its self-check for this dtype (`model.onednn`)."""
+    where torch has that op and it passes its self-check for this dtype (`deploy.onednn`)."""
 
-    from cmt_gen.model import onednn
+    from cmt_gen.deploy import onednn
 
     products = {"matmul": lambda: a @ b}
     if kind == "cpu" and onednn._HAVE_ONEDNN and a.dtype in onednn._DTYPES and onednn.linear_case_ok(a.dtype):

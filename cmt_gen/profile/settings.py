@@ -176,7 +176,7 @@ def resolve_settings(
         raise CmtGenError("the onnxruntime backend runs fp32 inference on cpu (its CPU provider); "
                           f"got {dev}, {mode}, {precision}", field="backend")
     compute = check_precision(dev, precision, allow_slow=allow_slow_precision)
-    from cmt_gen.host_allocator import resolve_policy
+    from cmt_gen.profile.host_allocator import resolve_policy
 
     allocator = resolve_policy(allocator, kind)
     if threads is not None:

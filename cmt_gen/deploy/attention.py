@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmt_gen.model import capture
-from cmt_gen.model import layers as L
-from cmt_gen.model.attention_kernels import attend, default_kernel
-from cmt_gen.model.deploy_layers import (
+from cmt_gen.deploy.attention_kernels import attend, default_kernel
+from cmt_gen.deploy.blocks import (
     BiasAtSize,
     FusedConv,
     fold_linear_input,
@@ -17,21 +15,20 @@ from cmt_gen.model.deploy_layers import (
     set_conv,
     tokens_as_map,
 )
-from cmt_gen.model.folding import fold_affine_after, fold_affine_before, norm_affine
+from cmt_gen.deploy.folding import fold_affine_after, fold_affine_before, norm_affine
+from cmt_gen.deploy.hook import DeployForm
+from cmt_gen.ops import capture
 
 
-class DeployKVReduction(L.KVReduction):
+class DeployKVReduction(DeployForm, nn.Module):
     """Reduced K/V source as tokens: the strided conv (its BN folded in) or the pool, then conv_ln's
     LayerNorm (affine-free once the attention folded its affine into K/V) or nothing."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(map_as_tokens(self.shrink(x)))
 
 
-def reparameterize_kv_reduction(reduce: L.KVReduction) -> None:
+def reparameterize_kv_reduction(reduce: nn.Module, kernel: str | None = None) -> None:
     if reduce.kind == "dwconv_bn":
         scale, shift = norm_affine(reduce.norm)
         set_conv(reduce.conv, *fold_affine_after(reduce.conv.weight, reduce.conv.bias, scale, shift))
@@ -50,12 +47,9 @@ def affine_free(norm: nn.LayerNorm) -> nn.LayerNorm:
 
 
 # ---------------------------------------------------------------- attention
-class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
+class DeployLightweightMHSA(DeployForm, BiasAtSize, nn.Module):
     """LMHSA with the scale folded into q, one K/V matmul, a per-size cached position bias; with one
     head, the q and output projections folded onto the reduced keys and values."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int,
                 position_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,7 +93,7 @@ class DeployLightweightMHSA(BiasAtSize, L.LightweightMHSA):
         return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
 
 
-def reparameterize_attention(attn: L.LightweightMHSA, kernel: str | None = None) -> None:
+def reparameterize_attention(attn: nn.Module, kernel: str | None = None) -> None:
     """Scale into q, K and V into one linear, the reduction's norm folded (conv_ln: into K/V)."""
     dim = attn.q.weight.shape[1]
     ones = torch.ones(dim, dtype=torch.float64, device=attn.q.weight.device)

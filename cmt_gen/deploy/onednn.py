@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from cmt_gen.model import capture
+from cmt_gen.ops import capture
 
 ACTIVATIONS = ("none", "gelu", "swish")
 PRIVATE_OPS = ("_linear_pointwise", "_convolution_pointwise", "_reorder_linear_weight", "_reorder_convolution_weight")

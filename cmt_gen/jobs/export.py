@@ -51,7 +51,7 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
     `inputs` are the files the spec was read from: like `weights`, never overwritten by the output.
     """
     from cmt_gen.files import check_output_target
-    from cmt_gen.model.build_job import check_build_fits
+    from cmt_gen.jobs.build import check_build_fits
     from cmt_gen.model.convert import load_checkpoint
     from cmt_gen.model.network import build_model
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from cmt_gen.model import onednn
+from cmt_gen.deploy import onednn
 
 FALLBACK_CACHE_BYTES = 32 << 20
 CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")

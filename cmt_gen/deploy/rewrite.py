@@ -18,19 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmt_gen.model import capture, onednn
-from cmt_gen.model import layers as L
-from cmt_gen.model.attention_kernels import check_kernel
-from cmt_gen.model.cache_chunks import stage_chunks
-from cmt_gen.model.deploy_attention import (
-    DeployKVReduction,
+from cmt_gen.deploy import onednn
+from cmt_gen.deploy.attention import (
     DeployLightweightMHSA,
     affine_free,
     fold_input_affine_into_attention,
     reparameterize_attention,
-    reparameterize_kv_reduction,
 )
-from cmt_gen.model.deploy_layers import (
+from cmt_gen.deploy.attention_kernels import check_kernel
+from cmt_gen.deploy.blocks import (
     BiasAtSize,
     ChannelAffine,
     FusedConv,
@@ -39,23 +35,23 @@ from cmt_gen.model.deploy_layers import (
     map_as_tokens,
     tokens_as_map,
 )
-from cmt_gen.model.folding import (
+from cmt_gen.deploy.cache_chunks import stage_chunks
+from cmt_gen.deploy.folding import (
     add_identity_to_depthwise,
     conv1x1_as_linear,
     fold_affine_after,
     fold_affine_before,
-    leave_inference_mode,
     norm_affine,
     parameter,
 )
+from cmt_gen.deploy.hook import DeployForm, Reparameterizable
+from cmt_gen.errors import InputShapeError
+from cmt_gen.ops import capture
 
 
 # ---------------------------------------------------------------- stem and patch aggregation
-class DeployStem(L.Stem):
+class DeployStem(DeployForm, nn.Sequential):
     """The stem, fed a channels-last copy of the image so every later map is channels-last."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -64,14 +60,14 @@ class DeployStem(L.Stem):
         return x
 
 
-class DeployConvGeluBN(L.ConvGeluBN):
+class DeployConvGeluBN(nn.Module):
     """Conv with GELU fused, then the BN (or nothing, once that BN is folded forward)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
 
 
-def reparameterize_stem(stem: L.Stem) -> None:
+def reparameterize_stem(stem: nn.Module, kernel: str | None = None) -> None:
     """Each conv takes its GELU; the BNs stay. None folds inside the stem (each follows a GELU),
     and the last one could fold only across layers, into stage 0's unpadded patch conv: that
     fold saved about 0.1% of a CMT-S forward and made a layer's rewrite depend on its neighbour
@@ -83,11 +79,8 @@ def reparameterize_stem(stem: L.Stem) -> None:
     stem.__class__ = DeployStem
 
 
-class DeployPatchAggregation(L.PatchAggregation):
+class DeployPatchAggregation(DeployForm, nn.Module):
     """2x2 stride-2 conv on a channels-last map, its tokens taken as a view, LayerNorm."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.conv(x.contiguous(memory_format=torch.channels_last))
@@ -95,35 +88,29 @@ class DeployPatchAggregation(L.PatchAggregation):
         return self.norm(map_as_tokens(x)), h, w
 
 
-def reparameterize_patch_aggregation(patch: L.PatchAggregation) -> None:
+def reparameterize_patch_aggregation(patch: nn.Module, kernel: str | None = None) -> None:
     patch.conv = FusedConv(patch.conv)
     patch.__class__ = DeployPatchAggregation
 
 
 # ---------------------------------------------------------------- LPU and K/V reduction
-class DeployLocalPerceptionUnit(L.LocalPerceptionUnit):
+class DeployLocalPerceptionUnit(DeployForm, nn.Module):
     """`x + dw3x3(x)` as one depthwise conv with the identity on its centre tap."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
-def reparameterize_lpu(lpu: L.LocalPerceptionUnit) -> None:
+def reparameterize_lpu(lpu: nn.Module, kernel: str | None = None) -> None:
     lpu.conv.weight = parameter(add_identity_to_depthwise(lpu.conv.weight))
     lpu.conv = FusedConv(lpu.conv)
     lpu.__class__ = DeployLocalPerceptionUnit
 
 
 # ---------------------------------------------------------------- IRFFN, block, stage, head
-class DeployIRFFN(L.IRFFN):
+class DeployIRFFN(DeployForm, nn.Module):
     """On tokens: linear up, GELU, BN; dw3x3 (identity on its centre) on the map view, GELU; linear down
     with both trailing BNs folded in."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, N, C) tokens -> (B, N, C)."""
@@ -152,7 +139,7 @@ class DeployIRFFN(L.IRFFN):
         return map_as_tokens(y)
 
 
-def reparameterize_irffn(ffn: L.IRFFN) -> None:
+def reparameterize_irffn(ffn: nn.Module, kernel: str | None = None) -> None:
     """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
     after the dw conv and after the 1x1 down conv into the down linear."""
     ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
@@ -174,11 +161,8 @@ def _residual(x: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     return branch.add_(x)
 
 
-class DeployCMTBlock(L.CMTBlock):
+class DeployCMTBlock(DeployForm, nn.Module):
     """LPU; x + attn(LN(x)); x + ffn(LN(x)); both LNs affine-free (their affines live in the next layers)."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, h: int, w: int,
                 position_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -188,7 +172,7 @@ class DeployCMTBlock(L.CMTBlock):
         return _residual(x, self.ffn(self.norm2(x), h, w))
 
 
-def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
+def reparameterize_block(block: nn.Module, kernel: str | None = None) -> None:
     """Deploy the LPU, attention and IRFFN (unless done already), then fold norm1's affine into
     the attention's input layers and norm2's into the IRFFN's up linear."""
     if block.lpu is not None and not isinstance(block.lpu, DeployLocalPerceptionUnit):
@@ -204,18 +188,15 @@ def reparameterize_block(block: L.CMTBlock, kernel: str | None = None) -> None:
     block.__class__ = DeployCMTBlock
 
 
-class DeployCMTStage(BiasAtSize, L.CMTStage):
+class DeployCMTStage(DeployForm, BiasAtSize, nn.Module):
     """Patch aggregation, the stage's bias at this size (cached), the blocks on shared token memory;
     on CPU in eager mode, a few images at a time where a batch would spill the cache (`cache_chunks`)."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens, h, w = self.downsample(x)
         r = self.reduction_ratio
         if h % r or w % r:
-            raise L.InputShapeError(
+            raise InputShapeError(
                 f"stage map {h}x{w} is not divisible by its K/V reduction ratio {r}; "
                 "choose an input size that keeps every stage divisible"
             )
@@ -234,7 +215,7 @@ class DeployCMTStage(BiasAtSize, L.CMTStage):
         return tokens
 
 
-def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
+def reparameterize_stage(stage: nn.Module, kernel: str | None = None) -> None:
     reparameterize_patch_aggregation(stage.downsample)
     for block in stage.blocks:
         if not isinstance(block, DeployCMTBlock):
@@ -244,11 +225,8 @@ def reparameterize_stage(stage: L.CMTStage, kernel: str | None = None) -> None:
     stage.__class__ = DeployCMTStage
 
 
-class DeployClassifierHead(L.ClassifierHead):
+class DeployClassifierHead(DeployForm, nn.Module):
     """Linear (the 1x1 conv with its BN folded) on channel-last pixels, Swish, mean, dropout, fc."""
-
-    def reparameterize(self, **options) -> None:
-        """Already in the deploy form."""
 
     def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         h, w = x.shape[2], x.shape[3]
@@ -263,22 +241,11 @@ class DeployClassifierHead(L.ClassifierHead):
         return x if pre_logits else self.fc(x)
 
 
-def reparameterize_head(head: L.ClassifierHead) -> None:
+def reparameterize_head(head: nn.Module, kernel: str | None = None) -> None:
     w, b = fold_affine_after(conv1x1_as_linear(head.conv.weight), head.conv.bias, *norm_affine(head.norm))
     head.conv_fc = linear_layer(w, b, "swish")
     del head.conv, head.norm, head.act
     head.__class__ = DeployClassifierHead
-
-
-DEPLOY_CLASSES = (DeployStem, DeployConvGeluBN, DeployPatchAggregation, DeployLocalPerceptionUnit, DeployKVReduction,
-                  DeployLightweightMHSA, DeployIRFFN, DeployCMTBlock, DeployCMTStage, DeployClassifierHead)
-
-
-def is_deploy_form(model: nn.Module) -> bool:
-    """True once every fusable layer of `model` has been rewritten."""
-    fusable = (L.Stem, L.PatchAggregation, L.LocalPerceptionUnit, L.KVReduction, L.LightweightMHSA,
-               L.IRFFN, L.CMTBlock, L.CMTStage, L.ClassifierHead)
-    return all(isinstance(m, DEPLOY_CLASSES) for m in model.modules() if isinstance(m, fusable))
 
 
 def reparameterize_network(model: nn.Module, attention_kernel: str | None = None) -> None:
@@ -286,24 +253,5 @@ def reparameterize_network(model: nn.Module, attention_kernel: str | None = None
     `reparameterize_model` makes too, so both give the same network."""
     check_kernel(attention_kernel)
     for child in (model.stem, *model.stages, model.head):
-        if child is not None and not isinstance(child, DEPLOY_CLASSES):
+        if isinstance(child, Reparameterizable):
             child.reparameterize(attention_kernel=attention_kernel)  # each ends in leave_inference_mode
-
-
-def reparameterize_layer(layer: nn.Module, kernel: str | None = None) -> None:
-    """The rewrite for this layer's class (what each layer's `reparameterize()` calls)."""
-    check_kernel(kernel)
-    with_kernel = {L.LightweightMHSA: reparameterize_attention, L.CMTBlock: reparameterize_block,
-                   L.CMTStage: reparameterize_stage}
-    plain = {L.Stem: reparameterize_stem, L.PatchAggregation: reparameterize_patch_aggregation,
-             L.LocalPerceptionUnit: reparameterize_lpu, L.KVReduction: reparameterize_kv_reduction,
-             L.IRFFN: reparameterize_irffn, L.ClassifierHead: reparameterize_head}
-    for cls, rewrite in with_kernel.items():
-        if isinstance(layer, cls):
-            rewrite(layer, kernel)
-            return leave_inference_mode(layer)
-    for cls, rewrite in plain.items():
-        if isinstance(layer, cls):
-            rewrite(layer)
-            return leave_inference_mode(layer)
-    raise TypeError(f"{type(layer).__name__} has no deploy form")

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cmt_gen.model import capture, onednn
-from cmt_gen.model.folding import fold_affine_before, parameter
-from cmt_gen.model.layers import resample_position_bias
+from cmt_gen.deploy import onednn
+from cmt_gen.deploy.folding import fold_affine_before, parameter
+from cmt_gen.ops import capture
+from cmt_gen.ops.position_bias import resample_position_bias
 
 
 def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -23,7 +24,7 @@ def map_as_tokens(x: torch.Tensor) -> torch.Tensor:
 
 class TokenLinear(nn.Module):
     """act(x W^T + b) on (B, N, C) tokens: a 1x1 conv (or a linear) with its activation fused
-    (oneDNN on CPU, see `model.onednn`)."""
+    (oneDNN on CPU, see `deploy.onednn`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, act: str = "none"):
         super().__init__()
@@ -54,7 +55,7 @@ def set_conv(conv: nn.Conv2d | FusedConv, weight: torch.Tensor, bias: torch.Tens
 
 
 class FusedConv(nn.Module):
-    """A (folded) `nn.Conv2d` with its activation fused (oneDNN on CPU, see `model.onednn`)."""
+    """A (folded) `nn.Conv2d` with its activation fused (oneDNN on CPU, see `deploy.onednn`)."""
 
     def __init__(self, conv: nn.Conv2d, act: str = "none"):
         super().__init__()

@@ -1,0 +1,44 @@
+"""How a trained layer names its deploy rewrite, and how a rewritten one says it is done.
+
+A trained layer class carries `deploy_rewrite`, a staticmethod from this package,
+as it carries `complexity` from `cost.analytic`: the model imports the deploy
+package, never the reverse, so there is no import circle. timm's
+`reparameterize_model` finds `reparameterize()` on each child and calls it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from torch import nn
+
+from cmt_gen.deploy.attention_kernels import check_kernel
+from cmt_gen.deploy.folding import leave_inference_mode
+
+
+class Reparameterizable:
+    """Mixin of the trained layers that have a deploy form."""
+
+    deploy_rewrite: ClassVar[Callable[[nn.Module, str | None], None]]
+
+    def reparameterize(self, attention_kernel: str | None = None) -> None:
+        """Rewrite this layer in place into its deploy form: same outputs, less work.
+
+        `attention_kernel` as for `CMT.reparameterize` (None: the fastest on this device).
+        """
+        check_kernel(attention_kernel)
+        type(self).deploy_rewrite(self, attention_kernel)
+        leave_inference_mode(self)
+
+
+class DeployForm:
+    """Mixin of the rewritten layers: `reparameterize()` again is a no-op, as timm expects."""
+
+    def reparameterize(self, attention_kernel: str | None = None) -> None:
+        """Already in the deploy form."""
+
+
+def is_deploy_form(model: nn.Module) -> bool:
+    """True once no layer of `model` is left in its trained form."""
+    return not any(isinstance(m, Reparameterizable) for m in model.modules())
