@@ -352,6 +352,23 @@ def test_qkv_bias_option():
     assert count_parameters(model) == analytic_cost(load_spec(tiny_spec_dict(qkv_bias=False))).params
 
 
+def test_gelu_approximation_option_changes_only_the_irffn_gelus():
+    """block.gelu_approximation: tanh swaps the IRFFN's two GELUs (not the stem's); same weights, same
+    counts, outputs close to but not equal to the exact (erf) GELU's."""
+    torch.manual_seed(0)
+    exact = build_model(tiny_spec_dict()).eval()
+    tanh = build_model(tiny_spec_dict(block={"gelu_approximation": "tanh"})).eval()
+    tanh.load_state_dict(exact.state_dict())
+    ffn = tanh.stages[0].blocks[0].ffn
+    assert ffn.act.approximate == "tanh" and ffn.expand.act.approximate == "tanh"
+    assert tanh.stem[0].act.approximate == "none"
+    assert count_parameters(tanh) == analytic_cost(load_spec(tiny_spec_dict(block={"gelu_approximation": "tanh"}))).params
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = exact(x), tanh(x)
+    assert not torch.equal(a, b) and torch.allclose(a, b, atol=1e-2)
+
+
 @pytest.mark.parametrize("n_stages, resolution", [(3, 32), (5, 128)])
 def test_other_stage_counts_build(n_stages, resolution):
     spec = tiny_spec_dict(resolution=resolution)

@@ -20,6 +20,7 @@ from cmt_gen.check.measured import MAC_OPERATORS, torch_flop_count
 from cmt_gen.cost import analytic as cx
 from cmt_gen.errors import CmtGenError
 from cmt_gen.model import layers as L
+from cmt_gen.spec.schema import BlockOptions
 
 BUNDLED = ("cmt_ti", "cmt_xs", "cmt_s", "cmt_b", "cmt_l")
 TOLERANCE = 1e-3  # the bound; the counts are in fact identical
@@ -73,24 +74,27 @@ def test_layer_complexity_equals_numel(layer, args) -> None:
 
 @pytest.mark.parametrize("reduction", [1, 2, 4])
 @pytest.mark.parametrize("kind", ["dwconv_bn", "conv_ln", "avgpool"])
-@pytest.mark.parametrize("own_bias", [False, True])
-def test_attention_and_block_complexity_equal_numel(reduction: int, kind: str, own_bias: bool) -> None:
+@pytest.mark.parametrize("position_bias", ["stage", "block"])
+def test_attention_and_block_complexity_equal_numel(reduction: int, kind: str, position_bias: str) -> None:
     grid = (8, 8)
-    attn_args = (24, 2, reduction, True, kind, own_bias)
-    attn = L.LightweightMHSA(*attn_args, grid=grid)
-    assert L.LightweightMHSA.complexity(cx.Cx(*grid), *attn_args).params == numel(attn)
-    block_args = (24, 2, reduction, 60, False, True, kind, own_bias)
-    block = L.CMTBlock(*block_args, grid=grid)
-    assert L.CMTBlock.complexity(cx.Cx(*grid), *block_args).params == numel(block)
-    no_lpu = (24, 2, reduction, 60, True, False, kind, own_bias)
-    assert L.CMTBlock.complexity(cx.Cx(*grid), *no_lpu).params == numel(L.CMTBlock(*no_lpu, grid=grid))
+    options = BlockOptions(reduction_kind=kind, position_bias=position_bias)
+    attn_args = (24, 2, reduction)
+    attn = L.LightweightMHSA(*attn_args, options=options, grid=grid)
+    assert L.LightweightMHSA.complexity(cx.Cx(*grid), *attn_args, options=options).params == numel(attn)
+    block_args = (24, 2, reduction, 60)
+    block = L.CMTBlock(*block_args, options=options, qkv_bias=False, grid=grid)
+    assert L.CMTBlock.complexity(cx.Cx(*grid), *block_args, options=options, qkv_bias=False).params == numel(block)
+    no_lpu = options.model_copy(update={"lpu": False})
+    assert (L.CMTBlock.complexity(cx.Cx(*grid), *block_args, options=no_lpu).params
+            == numel(L.CMTBlock(*block_args, options=no_lpu, grid=grid)))
 
 
 @pytest.mark.parametrize("position_bias", ["stage", "block", "none"])
 def test_stage_complexity_equals_numel(position_bias: str) -> None:
-    args = (16, 32, 2, 2, 2, 80, True, True, "dwconv_bn", position_bias)
-    stage = L.CMTStage(*args, grid=(8, 8))
-    assert L.CMTStage.complexity(cx.Cx(16, 16), *args).params == numel(stage)
+    args = (16, 32, 2, 2, 2, 80)
+    options = BlockOptions(position_bias=position_bias)
+    stage = L.CMTStage(*args, options=options, grid=(8, 8))
+    assert L.CMTStage.complexity(cx.Cx(16, 16), *args, options=options).params == numel(stage)
 
 
 def test_derived_cmt_l_params_equal_numel() -> None:
@@ -114,6 +118,8 @@ OPTION_CASES = [
     {"attention": "math", "reduction_kind": "avgpool", "position_bias": "stage", "lpu": True},
     {"attention": "fused", "reduction_kind": "conv_ln", "position_bias": "none", "lpu": True},
     {"attention": "math", "reduction_kind": "conv_ln", "position_bias": "block", "lpu": False},
+    {"attention": "fused", "reduction_kind": "dwconv_bn", "position_bias": "stage", "lpu": True,
+     "gelu_approximation": "tanh"},
 ]
 
 

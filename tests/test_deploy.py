@@ -55,6 +55,7 @@ BLOCK_OPTIONS = [
     {"position_bias": "block"},
     {"position_bias": "none"},
     {"lpu": False},
+    {"gelu_approximation": "tanh"},
 ]
 
 

@@ -16,6 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cmt_gen.spec.schema import BlockOptions, CMTSpec
+
+RELEASED = BlockOptions()  # the block options of the released CMT, every layer's default
+
 
 @dataclass
 class Cx:
@@ -106,27 +110,27 @@ def position_bias_params(heads: int, h: int, w: int, reduction: int) -> int:
     return heads * (h * w) * ((h // reduction) * (w // reduction))
 
 
-def lmhsa_cost(cx: Cx, dim: int, heads: int, reduction: int, qkv_bias: bool,
-               reduction_kind: str, own_position_bias: bool) -> Cx:
+def lmhsa_cost(cx: Cx, dim: int, heads: int, reduction: int, *, options: BlockOptions = RELEASED,
+               qkv_bias: bool = True) -> Cx:
     n = cx.h * cx.w
     linear(cx, dim, dim, qkv_bias)  # q
     kv = cx.fork()
     if reduction > 1:
-        kv_reduction_cost(kv, dim, reduction, reduction_kind)
+        kv_reduction_cost(kv, dim, reduction, options.reduction_kind.value)
     n_kv = kv.h * kv.w
     cx.params += kv.params
     cx.macs += kv.macs
     cx.acts += kv.acts
     linear(cx, dim, dim, qkv_bias, tokens=n_kv)  # k
     linear(cx, dim, dim, qkv_bias, tokens=n_kv)  # v
-    if own_position_bias:
+    if options.position_bias.value == "block":
         cx.params += position_bias_params(heads, cx.h, cx.w, reduction)
     cx.macs += 2 * n * n_kv * dim  # q @ k^T and attn @ v, over all heads
     cx.acts += heads * n * n_kv + n * dim
     return linear(cx, dim, dim, True)  # proj
 
 
-def irffn_cost(cx: Cx, dim: int, hidden: int) -> Cx:
+def irffn_cost(cx: Cx, dim: int, hidden: int, *, options: BlockOptions = RELEASED) -> Cx:
     conv2d(cx, dim, hidden, 1)
     norm(cx, hidden)
     conv2d(cx, hidden, hidden, 3, 1, 1, groups=hidden)
@@ -135,27 +139,25 @@ def irffn_cost(cx: Cx, dim: int, hidden: int) -> Cx:
     return norm(cx, dim)
 
 
-def cmt_block_cost(cx: Cx, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool,
-                   lpu: bool, reduction_kind: str, own_position_bias: bool) -> Cx:
-    if lpu:
+def cmt_block_cost(cx: Cx, dim: int, heads: int, reduction: int, hidden: int, *,
+                   options: BlockOptions = RELEASED, qkv_bias: bool = True) -> Cx:
+    if options.lpu:
         local_perception_unit_cost(cx, dim)
     norm(cx, dim)
-    lmhsa_cost(cx, dim, heads, reduction, qkv_bias, reduction_kind, own_position_bias)
+    lmhsa_cost(cx, dim, heads, reduction, options=options, qkv_bias=qkv_bias)
     norm(cx, dim)
-    return irffn_cost(cx, dim, hidden)
+    return irffn_cost(cx, dim, hidden, options=options)
 
 
 def cmt_stage_cost(cx: Cx, c_in: int, dim: int, depth: int, heads: int, reduction: int,
-                   hidden: int, qkv_bias: bool, lpu: bool, reduction_kind: str,
-                   position_bias: str) -> Cx:
+                   hidden: int, *, options: BlockOptions = RELEASED, qkv_bias: bool = True) -> Cx:
     """Patch aggregation, then `depth` identical blocks: one block's cost times depth (O(1) in depth)."""
     before = cx.acts
     patch_aggregation_cost(cx, c_in, dim)
     cx.peak = max(cx.peak, cx.acts - before)
-    if position_bias == "stage":
+    if options.position_bias.value == "stage":
         cx.params += position_bias_params(heads, cx.h, cx.w, reduction)
-    block = cmt_block_cost(cx.fork(), dim, heads, reduction, hidden, qkv_bias, lpu, reduction_kind,
-                           position_bias == "block")
+    block = cmt_block_cost(cx.fork(), dim, heads, reduction, hidden, options=options, qkv_bias=qkv_bias)
     cx.params += depth * block.params
     cx.macs += depth * block.macs
     cx.acts += depth * block.acts
@@ -240,8 +242,6 @@ def analytic_cost(spec, height: int | None = None, width: int | None = None) -> 
     Parameters include the position bias at the spec's own resolution (the
     model keeps that shape and resamples it for other inputs).
     """
-    from cmt_gen.spec.schema import CMTSpec
-
     if not isinstance(spec, CMTSpec):
         from cmt_gen.spec.loading import load_spec
 
@@ -257,8 +257,7 @@ def analytic_cost(spec, height: int | None = None, width: int | None = None) -> 
     for i, stage in enumerate(spec.stages):
         part = Cx(cx.h, cx.w)
         cmt_stage_cost(part, c_in, stage.channels, stage.depth, stage.heads, stage.reduction,
-                       stage.hidden, spec.qkv_bias, opts.lpu, opts.reduction_kind.value,
-                       opts.position_bias.value)
+                       stage.hidden, options=opts, qkv_bias=spec.qkv_bias)
         if (h, w) != (spec.resolution, spec.resolution) and opts.position_bias.value != "none":
             part.params += _bias_shape_correction(spec, i, stage, h, w)
         result.parts.append(PartCost(f"stage{i}", part.params, part.macs, part.acts, part.h, part.w, part.peak))

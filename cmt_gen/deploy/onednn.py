@@ -28,7 +28,9 @@ import torch.nn.functional as F
 
 from cmt_gen.ops import capture
 
-ACTIVATIONS = ("none", "gelu", "swish")
+ACTIVATIONS = ("none", "gelu", "gelu_tanh", "swish")
+# Each activation as oneDNN's post-op name and algorithm argument (GELU: erf or tanh).
+_POST_OPS = {"none": ("none", ""), "gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "swish": ("swish", "")}
 PRIVATE_OPS = ("_linear_pointwise", "_convolution_pointwise", "_reorder_linear_weight", "_reorder_convolution_weight")
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in PRIVATE_OPS)
 # Largest relative gap (to the output's largest magnitude) a self-check accepts: the dtype's rounding.
@@ -46,6 +48,8 @@ def onednn_usable(x: torch.Tensor) -> bool:
 def activate(x: torch.Tensor, act: str) -> torch.Tensor:
     if act == "gelu":
         return F.gelu(x)
+    if act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
     if act == "swish":
         return F.silu(x)
     return x
@@ -65,15 +69,16 @@ def pack_conv_weight(weight: torch.Tensor, padding: int, stride: int, groups: in
 
 
 def linear_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, act: str) -> torch.Tensor:
-    """act(x @ W^T + b) by oneDNN, with the activation as a post-op (GELU: the exact erf form)."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, act, [], "none" if act == "gelu" else "")
+    """act(x @ W^T + b) by oneDNN, with the activation as a post-op."""
+    post_op, algorithm = _POST_OPS[act]
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, post_op, [], algorithm)
 
 
 def conv_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, padding: int, stride: int,
             groups: int, act: str) -> torch.Tensor:
+    post_op, algorithm = _POST_OPS[act]
     return torch.ops.mkldnn._convolution_pointwise(
-        x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, act, [],
-        "none" if act == "gelu" else "")
+        x, packed, bias, [padding, padding], [stride, stride], [1, 1], groups, post_op, [], algorithm)
 
 
 # ---------------------------------------------------------------- self-checks

@@ -49,6 +49,11 @@ from cmt_gen.errors import InputShapeError
 from cmt_gen.ops import capture
 
 
+def gelu_name(gelu: nn.GELU) -> str:
+    """The fused activation that computes this GELU (the block option `gelu_approximation`)."""
+    return "gelu" if gelu.approximate == "none" else "gelu_tanh"
+
+
 # ---------------------------------------------------------------- stem and patch aggregation
 class DeployStem(DeployForm, nn.Sequential):
     """The stem, fed a channels-last copy of the image so every later map is channels-last."""
@@ -73,7 +78,7 @@ def reparameterize_stem(stem: nn.Module, kernel: str | None = None) -> None:
     fold saved about 0.1% of a CMT-S forward and made a layer's rewrite depend on its neighbour
     (timm's `reparameterize_model` rewrites layer by layer), so it is not made."""
     for unit in stem:
-        unit.conv = FusedConv(unit.conv, "gelu")
+        unit.conv = FusedConv(unit.conv, gelu_name(unit.act))
         del unit.act
         unit.__class__ = DeployConvGeluBN
     stem.__class__ = DeployStem
@@ -130,11 +135,11 @@ class DeployIRFFN(DeployForm, nn.Module):
         here only the C-wide tokens are transposed, once in and once out.
         """
         y = onednn.activate(F.conv2d(tokens_as_map(x, h, w), self.expand_fc.weight[:, :, None, None],
-                                     self.expand_fc.bias), "gelu")
+                                     self.expand_fc.bias), self.expand_fc.act)
         affine = self.expand_norm  # as a 1x1 depthwise conv: ORT keeps it in its blocked layout
         y = F.conv2d(y, affine.scale[:, None, None, None], affine.shift, groups=affine.scale.shape[0])
         conv = self.local_conv
-        y = onednn.activate(F.conv2d(y, conv.weight, conv.bias, conv.stride, conv.padding, 1, conv.groups), "gelu")
+        y = onednn.activate(F.conv2d(y, conv.weight, conv.bias, conv.stride, conv.padding, 1, conv.groups), conv.act)
         y = F.conv2d(y, self.project_fc.weight[:, :, None, None], self.project_fc.bias)
         return map_as_tokens(y)
 
@@ -142,10 +147,11 @@ class DeployIRFFN(DeployForm, nn.Module):
 def reparameterize_irffn(ffn: nn.Module, kernel: str | None = None) -> None:
     """1x1 convs as linears on tokens, the residual into the dw kernel's centre, and the BNs
     after the dw conv and after the 1x1 down conv into the down linear."""
-    ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias, "gelu")
+    ffn.expand_fc = linear_layer(conv1x1_as_linear(ffn.expand.conv.weight), ffn.expand.conv.bias,
+                                 gelu_name(ffn.expand.act))
     ffn.expand_norm = ChannelAffine(*norm_affine(ffn.expand.norm))
     ffn.local.conv.weight = parameter(add_identity_to_depthwise(ffn.local.conv.weight))
-    ffn.local_conv = FusedConv(ffn.local.conv, "gelu")
+    ffn.local_conv = FusedConv(ffn.local.conv, gelu_name(ffn.act))
     down = ffn.project.conv
     w, b = fold_affine_before(conv1x1_as_linear(down.weight), down.bias, *norm_affine(ffn.local.norm))
     w, b = fold_affine_after(w, b, *norm_affine(ffn.project.norm))

@@ -17,7 +17,7 @@ from typing import Any
 from cmt_gen.cost.analytic import ModelCost, analytic_cost
 from cmt_gen.errors import CmtGenError
 from cmt_gen.spec.quantity import format_macs, format_params
-from cmt_gen.spec.schema import CMTSpec
+from cmt_gen.spec.schema import BlockOptions, CMTSpec
 
 NAME_KEYS = ("name", "spec", "spec_name", "model", "variant")
 THROUGHPUT_KEYS = ("images_per_s", "images_per_second", "throughput", "images_per_sec", "img_per_s")
@@ -259,7 +259,7 @@ def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
     add("head", "dropout", [s.head.dropout for s in specs])
     add("options", "drop_path", [s.drop_path for s in specs])
     add("options", "qkv_bias", [s.qkv_bias for s in specs])
-    for option in ("attention", "lpu", "reduction_kind", "position_bias"):
+    for option in BlockOptions.model_fields:
         add("options", option, [_option(getattr(s.block, option)) for s in specs])
     add("total", "depth", [sum(st.depth for st in s.stages) for s in specs])
     add("total", "params", [c.params for c in costs], count)

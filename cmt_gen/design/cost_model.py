@@ -35,15 +35,16 @@ class CostModel:
         self.num_classes = base.num_classes
         self.heads = tuple(s.heads for s in base.stages)
         self.reductions = tuple(s.reduction for s in base.stages)
-        self.options = (base.qkv_bias, base.block.lpu, base.block.reduction_kind.value,
-                        base.block.position_bias.value)
+        self.options = base.block
+        self.qkv_bias = base.qkv_bias
         self._fixed: dict[tuple, tuple[int, int]] = {}
         self._block: dict[tuple, tuple[int, int]] = {}
 
     def _stage(self, i: int, resolution: int, c_in: int, dim: int, hidden: int, depth: int) -> Cx:
         side = resolution // 2 ** (i + 1)
         cx = Cx(side, side)
-        return cmt_stage_cost(cx, c_in, dim, depth, self.heads[i], self.reductions[i], hidden, *self.options)
+        return cmt_stage_cost(cx, c_in, dim, depth, self.heads[i], self.reductions[i], hidden, options=self.options,
+                              qkv_bias=self.qkv_bias)
 
     def fixed(self, resolution: int, stem: int, channels: tuple[int, ...]) -> tuple[int, int]:
         """Stem, patch aggregations, per-stage position biases and head: what depth does not scale."""

@@ -9,28 +9,16 @@ torch is imported inside: this is the only module of the layer that needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from cmt_gen.latency.calibration_file import CalibratedBlockOptions
 from cmt_gen.latency.features import PartShape
 from cmt_gen.profile.settings import ProfileSettings
 from cmt_gen.profile.timing import Clock, measure_throughput
 
 
-@dataclass(frozen=True)
-class BlockOptions:
-    """The spec-wide choices a block is built with (they change what it runs)."""
-
-    attention: str = "fused"
-    lpu: bool = True
-    reduction_kind: str = "dwconv_bn"
-    position_bias: str = "stage"
-    qkv_bias: bool = True
-
-
 class TorchPartTimer:
     """Seconds per call of one building block at the settings' batch, measured on the device."""
 
-    def __init__(self, settings: ProfileSettings, options: BlockOptions, *, min_time: float = 0.15,
+    def __init__(self, settings: ProfileSettings, options: CalibratedBlockOptions, *, min_time: float = 0.15,
                  repeats: int = 3, warmup: int = 1, form: str = "as-built"):
         self.settings, self.options, self.form = settings, options, form
         self.min_time, self.repeats, self.warmup = min_time, repeats, warmup
@@ -96,7 +84,7 @@ def _as_the_stage_chunks(inputs: list, width: int) -> list[list]:
     return [[part, *rest] for part in stage_chunks(tokens, width)]
 
 
-def build_part(part: PartShape, options: BlockOptions, batch: int):
+def build_part(part: PartShape, options: CalibratedBlockOptions, batch: int):
     """The module of one building block and the arguments of its forward call."""
     import torch
 
@@ -113,8 +101,8 @@ def build_part(part: PartShape, options: BlockOptions, batch: int):
     if part.kind != "block":
         raise ValueError(f"unknown part kind {part.kind!r}")
     h, w, k = part.height, part.width, part.reduction
-    block = layers.CMTBlock(part.c_out, part.heads, k, part.hidden, options.qkv_bias, options.lpu,
-                            options.reduction_kind, options.position_bias == "block", (h, w),
-                            options.attention == "fused")
-    bias = torch.randn(part.heads, h * w, (h // k) * (w // k)) if options.position_bias == "stage" else None
+    block = layers.CMTBlock(part.c_out, part.heads, k, part.hidden, options=options.spec_options(),
+                            qkv_bias=options.qkv_bias, grid=(h, w))
+    has_stage_bias = options.position_bias.value == "stage"
+    bias = torch.randn(part.heads, h * w, (h // k) * (w // k)) if has_stage_bias else None
     return block, [torch.randn(batch, h * w, part.c_out), h, w, bias]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cmt_gen.latency.calibration_file import Calibration, CalibrationError, load_calibration
+from cmt_gen.latency.calibration_file import CalibratedBlockOptions, Calibration, CalibrationError, load_calibration
 from cmt_gen.latency.features import PartShape, spec_parts
 from cmt_gen.latency.fit import predict
 
@@ -47,15 +47,13 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
 
 def check_block_options(spec, calibration: Calibration, source: str = "calibration") -> None:
     """Refuse a spec whose blocks run other kernels than those calibrated (attention, LPU, K/V reduction...)."""
-    held = calibration.block_options
-    wanted = {"attention": spec.block.attention.value, "lpu": spec.block.lpu,
-              "reduction_kind": spec.block.reduction_kind.value, "position_bias": spec.block.position_bias.value,
-              "qkv_bias": spec.qkv_bias}
+    held = calibration.block_options.model_dump(mode="json")
+    wanted = CalibratedBlockOptions.of_spec(spec).model_dump(mode="json")
     for key, value in wanted.items():
-        if getattr(held, key) != value:
+        if held[key] != value:
             raise CalibrationError(
                 f"spec {spec.name!r} has {key} {value!r} but the blocks were calibrated with "
-                f"{getattr(held, key)!r}; calibrate with those block options", source=source, field="block_options")
+                f"{held[key]!r}; calibrate with those block options", source=source, field="block_options")
 
 
 def predict_latency(spec, calibration: Calibration | str | Path) -> LatencyPrediction:

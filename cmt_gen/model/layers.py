@@ -20,10 +20,12 @@ from cmt_gen.deploy.hook import Reparameterizable
 from cmt_gen.errors import InputShapeError
 from cmt_gen.ops.capture import recording
 from cmt_gen.ops.position_bias import position_bias_at
+from cmt_gen.spec.schema import BlockOptions
 
 BN_EPS = 1e-5
 LN_EPS_BLOCK = 1e-6  # the blocks' norm1 / norm2
 LN_EPS_PATCH = 1e-5  # patch aggregation's LayerNorm (PyTorch default)
+RELEASED = BlockOptions()  # the block options of the released CMT
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -90,10 +92,10 @@ class ConvGeluBN(nn.Module):
 
     complexity = staticmethod(complexity.conv_gelu_bn_cost)
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, gelu_approximation: str = "none"):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=True)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=gelu_approximation)
         self.norm = nn.BatchNorm2d(c_out, eps=BN_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,9 +195,11 @@ class LightweightMHSA(Reparameterizable, nn.Module):
     complexity = staticmethod(complexity.lmhsa_cost)
     deploy_rewrite = staticmethod(deploy_attention.reparameterize_attention)
 
-    def __init__(self, dim: int, heads: int, reduction: int, qkv_bias: bool = True,
-                 reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
-                 grid: tuple[int, int] | None = None, fused: bool = True):
+    def __init__(self, dim: int, heads: int, reduction: int, *, options: BlockOptions = RELEASED,
+                 qkv_bias: bool = True, grid: tuple[int, int] | None = None):
+        reduction_kind = options.reduction_kind.value
+        own_position_bias = options.position_bias.value == "block"
+        fused = options.attention.value == "fused"
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
@@ -243,16 +247,16 @@ class IRFFN(Reparameterizable, nn.Module):
     complexity = staticmethod(complexity.irffn_cost)
     deploy_rewrite = staticmethod(deploy.reparameterize_irffn)
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, *, options: BlockOptions = RELEASED):
         super().__init__()
-        self.expand = ConvGeluBN(dim, hidden, 1, 1)
+        self.expand = ConvGeluBN(dim, hidden, 1, 1, options.gelu_approximation.value)
         self.local = nn.Module()
         self.local.conv = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=True)
         self.local.norm = nn.BatchNorm2d(hidden, eps=BN_EPS)
         self.project = nn.Module()
         self.project.conv = nn.Conv2d(hidden, dim, 1, bias=True)
         self.project.norm = nn.BatchNorm2d(dim, eps=BN_EPS)
-        self.act = nn.GELU()
+        self.act = nn.GELU(approximate=options.gelu_approximation.value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -267,16 +271,14 @@ class CMTBlock(Reparameterizable, nn.Module):
     complexity = staticmethod(complexity.cmt_block_cost)
     deploy_rewrite = staticmethod(deploy.reparameterize_block)
 
-    def __init__(self, dim: int, heads: int, reduction: int, hidden: int, qkv_bias: bool = True,
-                 lpu: bool = True, reduction_kind: str = "dwconv_bn", own_position_bias: bool = False,
-                 grid: tuple[int, int] | None = None, fused: bool = True, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, reduction: int, hidden: int, *, options: BlockOptions = RELEASED,
+                 qkv_bias: bool = True, grid: tuple[int, int] | None = None, drop_path: float = 0.0):
         super().__init__()
-        self.lpu = LocalPerceptionUnit(dim) if lpu else None
+        self.lpu = LocalPerceptionUnit(dim) if options.lpu else None
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS_BLOCK)
-        self.attn = LightweightMHSA(dim, heads, reduction, qkv_bias, reduction_kind,
-                                    own_position_bias, grid, fused)
+        self.attn = LightweightMHSA(dim, heads, reduction, options=options, qkv_bias=qkv_bias, grid=grid)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS_BLOCK)
-        self.ffn = IRFFN(dim, hidden)
+        self.ffn = IRFFN(dim, hidden, options=options)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, h: int, w: int,
@@ -294,9 +296,8 @@ class CMTStage(Reparameterizable, nn.Module):
     complexity = staticmethod(complexity.cmt_stage_cost)
     deploy_rewrite = staticmethod(deploy.reparameterize_stage)
 
-    def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int,
-                 qkv_bias: bool = True, lpu: bool = True, reduction_kind: str = "dwconv_bn",
-                 position_bias: str = "stage", grid: tuple[int, int] = (1, 1), fused: bool = True,
+    def __init__(self, c_in: int, dim: int, depth: int, heads: int, reduction: int, hidden: int, *,
+                 options: BlockOptions = RELEASED, qkv_bias: bool = True, grid: tuple[int, int] = (1, 1),
                  drop_path: list[float] | None = None):
         super().__init__()
         rates = drop_path or [0.0] * depth
@@ -305,11 +306,11 @@ class CMTStage(Reparameterizable, nn.Module):
         self.reduction_ratio = reduction
         self.downsample = PatchAggregation(c_in, dim)
         self.position_bias = (
-            new_position_bias(heads, grid[0], grid[1], reduction) if position_bias == "stage" else None
+            new_position_bias(heads, grid[0], grid[1], reduction) if options.position_bias.value == "stage" else None
         )
         self.blocks = nn.ModuleList(
-            CMTBlock(dim, heads, reduction, hidden, qkv_bias, lpu, reduction_kind,
-                     position_bias == "block", grid, fused, rates[j])
+            CMTBlock(dim, heads, reduction, hidden, options=options, qkv_bias=qkv_bias, grid=grid,
+                     drop_path=rates[j])
             for j in range(depth)
         )
         self.grad_checkpointing = False

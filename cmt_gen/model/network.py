@@ -22,11 +22,8 @@ def stage_arguments(spec: CMTSpec) -> list[dict]:
     for stage, grid in zip(spec.stages, spec.stage_sizes(), strict=True):
         args.append(dict(
             c_in=c_in, dim=stage.channels, depth=stage.depth, heads=stage.heads,
-            reduction=stage.reduction, hidden=stage.hidden, qkv_bias=spec.qkv_bias,
-            lpu=spec.block.lpu, reduction_kind=spec.block.reduction_kind.value,
-            position_bias=spec.block.position_bias.value, grid=grid,
-            fused=spec.block.attention.value == "fused",
-            drop_path=rates[start:start + stage.depth],
+            reduction=stage.reduction, hidden=stage.hidden, options=spec.block, qkv_bias=spec.qkv_bias,
+            grid=grid, drop_path=rates[start:start + stage.depth],
         ))
         c_in, start = stage.channels, start + stage.depth
     return args

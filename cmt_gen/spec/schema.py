@@ -71,6 +71,14 @@ class PositionBias(str, Enum):
     none = "none"  # no bias
 
 
+class GeluApproximation(str, Enum):
+    """The IRFFN's GELU: exact (erf), as released, or the tanh approximation some accelerators and
+    compilers run faster; both keep parameters and MACs."""
+
+    none = "none"  # released: 0.5 x (1 + erf(x / sqrt 2))
+    tanh = "tanh"  # 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+
+
 class StemSpec(_Strict):
     channels: Int = Field(gt=0, le=MAX_CHANNELS, description="Channels s of the three 3x3 stem convolutions.")
 
@@ -97,6 +105,8 @@ class BlockOptions(_Strict):
     lpu: Bool = Field(True, description="Local perception unit (depthwise 3x3 + residual).")
     reduction_kind: ReductionKind = ReductionKind.dwconv_bn
     position_bias: PositionBias = PositionBias.stage
+    gelu_approximation: GeluApproximation = Field(
+        GeluApproximation.none, description="GELU of the IRFFN: none (exact erf, released) or tanh.")
 
 
 class Reference(_Strict):
@@ -202,7 +212,7 @@ class CMTSpec(_Strict):
     head: HeadSpec = HeadSpec()
     drop_path: Float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
     qkv_bias: Bool = True
-    block: BlockOptions = BlockOptions()
+    block: BlockOptions = BlockOptions()  # also what every layer, cost and rewrite takes as `options`
     reference: Reference | None = None
     provenance: list[str] = Field(default_factory=list)
     budget: Budget | None = None
