@@ -74,3 +74,23 @@ def test_a_dead_worker_ends_the_benchmark_with_an_error_not_a_hang(monkeypatch, 
         bench_inference.main(["--spec", str(tmp_path / "missing.yaml"), "--batch", "1", "--rounds", "1",
                               "--no-compile", "--no-onnx", "--no-bf16", "--no-ablation"])
     assert time.monotonic() - start < 120
+
+
+def test_the_views_ablation_patches_every_module_that_uses_the_views(monkeypatch):
+    """The "channels-last views" row under-measured once when the attention's views moved to another
+    module; every deploy module that calls the views must be patched."""
+    import importlib
+    import pkgutil
+
+    import cmt_gen.deploy
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from inference_ablations import VIEW_USERS
+
+    users = set()
+    for info in pkgutil.iter_modules(cmt_gen.deploy.__path__):
+        module = importlib.import_module(f"cmt_gen.deploy.{info.name}")
+        source = (REPO / "cmt_gen" / "deploy" / f"{info.name}.py").read_text()
+        if "tokens_as_map(" in source or "map_as_tokens(" in source:
+            users.add(module.__name__)
+    assert users == {m.__name__ for m in VIEW_USERS}

@@ -77,7 +77,7 @@ class DeployLightweightMHSA(DeployForm, BiasAtSize, nn.Module):
         and values, `q k^T = x (W_q^T k^T) + b_q k^T` and `p v W_p^T = p (v W_p^T)`, so the two C x C
         linears run on M = N / r^2 rows instead of N (CMT stage 1: 49 instead of 3136 per image).
         Eager, TorchScript and exports; under torch.compile on CPU the forward keeps the projections,
-        as inductor's code for this form ran CMT-S 12% slower."""
+        as inductor's code for this form ran slower (`benchmarks/NOTES.md`)."""
         k, v = self.kv(source).chunk(2, dim=-1)  # (B, M, C) each
         keys = torch.matmul(self.q.weight.t(), k.transpose(1, 2))  # (B, C, M)
         logits = torch.matmul(x, keys) if bias is None else torch.baddbmm(bias, x, keys)
@@ -87,7 +87,7 @@ class DeployLightweightMHSA(DeployForm, BiasAtSize, nn.Module):
 
     def _split_heads(self, t: torch.Tensor, b: int, n: int) -> torch.Tensor:
         """(B, N, C) -> (B, heads, N, d); with one head a plain view, so no exported graph
-        copies the tokens through a Transpose (ONNX Runtime does: 3.5 ms a call at stage 1)."""
+        copies the tokens through a Transpose (ONNX Runtime does, at a cost: `benchmarks/NOTES.md`)."""
         if self.heads == 1:
             return t.reshape(b, 1, n, self.head_dim)
         return t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)

@@ -1,16 +1,12 @@
 """Attention with a float position bias, by the kernel that is fastest on each device.
 
 The deploy form folds the softmax scale into q, so every kernel computes
-`softmax(q k^T + bias) v`. Which kernel wins was measured with
-`benchmarks/bench_inference.py --kernels` (CMT-S shapes, fp32):
-
-- CPU (torch 2.14, 2-core AMD EPYC, avx512): `scaled_dot_product_attention` with a float
-  mask runs its math fallback plus mask checks; an explicit matmul, in-place bias
-  add and softmax is faster at every CMT-S stage, so CPU uses `matmul` (batch 16,
-  1 thread, ms sdpa / matmul: stage 1 33.0 / 11.4, stage 2 8.0 / 5.5, stage 3
-  3.8 / 2.8, stage 4 6.0 / 1.5).
-- CUDA: the memory-efficient SDPA kernel accepts a float bias and fuses the three
-  steps, so CUDA uses `sdpa` (checked by `benchmarks/gpu_check.sh`).
+`softmax(q k^T + bias) v`. On CPU, `scaled_dot_product_attention` with a float
+mask runs its math fallback plus mask checks, and an explicit matmul, in-place
+bias add and softmax is faster (`matmul`); on CUDA the memory-efficient SDPA
+kernel takes a float bias and fuses the three steps (`sdpa`). Each device says
+which is its default; the figures are in `benchmarks/NOTES.md` and
+`benchmarks/bench_inference.py --kernels` measures them again.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 KERNELS = ("sdpa", "matmul")
-_DEFAULT_BY_DEVICE = {"cpu": "matmul", "cuda": "sdpa"}
 
 
 def check_kernel(kernel: str | None) -> None:
@@ -30,8 +25,11 @@ def check_kernel(kernel: str | None) -> None:
 
 
 def default_kernel(device_type: str) -> str:
-    """The measured winner for this device type; SDPA where nothing was measured."""
-    return _DEFAULT_BY_DEVICE.get(device_type, "sdpa")
+    """The measured winner for this device type (`Device.attention_kernel`); SDPA where nothing was measured."""
+    from cmt_gen.devices import find
+
+    device = find(device_type)
+    return device.attention_kernel if device is not None else "sdpa"
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,

@@ -4,11 +4,9 @@ At the early CMT stages one image's IRFFN map is large (CMT-S at 224: 3136 token
 x 256 channels = 3.2 MB at stage 1), so a batch of 16 spills the 32 MB L3 between
 the up linear, the BN affine, the depthwise conv and the down linear, and each of
 them streams the 51 MB map from memory. Running a stage's blocks on a few images at a
-time keeps that map in cache. Measured (CMT-S deploy form, batch 16, 2 threads,
-fp32, this project's 2-core AMD EPYC with 32 MB L3): stage 1 in 4 chunks and stage 2
-in 2 was 3% faster per forward than whole batches, bit-identical outputs; chunking
-stage 3 too (16 blocks whose weights are re-read per chunk) was slower. Half the
-cache per chunk gives exactly that split, so that is the budget.
+time keeps that map in cache; later stages, whose many blocks' weights would be re-read
+per chunk, stay whole. Half the cache per chunk is the budget that measured best
+(`benchmarks/NOTES.md`, "Cache-sized image chunks").
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 oneDNN's GEMM and convolutions take pre-packed weights and apply GELU / Swish
 while the output is still in cache, which saves a full pass over the largest
 activations (what that is worth on a given CPU: `benchmarks/bench_inference.py
---kernels`). The fast path is used only for CPU tensors in eager mode; anything
-that traces the graph (TorchScript, `torch.export`, ONNX export, `torch.compile`,
-which does its own oneDNN fusion) sees the portable `F.linear` / `F.conv2d` +
-activation.
+--kernels`). The fast path is used only for CPU tensors in eager mode, without
+autograd or autocast. TorchScript, `torch.export` and ONNX export see the
+portable `F.linear` / `F.conv2d` + activation; `torch.compile` on CPU sees the
+token linears as 1x1 convolutions (`token_linear_as_conv`), which inductor
+lowers to its own fused oneDNN kernels.
 
 The ops are private to torch (`torch.ops.mkldnn.*`), so they are trusted only
 after they have shown it: the first use per process, dtype, activation and
@@ -285,8 +286,8 @@ def token_linear_as_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """The same linear as a 1x1 convolution over a channels-last view of the (B, N, C) tokens.
 
     Inductor lowers an fp32 linear with static shapes to MKL's packed sgemm, which
-    on some CPUs (AMD's, measured) runs well below oneDNN; a 1x1 convolution it
-    lowers to oneDNN with pre-packed weights and the activation fused.
+    on some CPUs runs well below oneDNN; a 1x1 convolution it lowers to oneDNN with
+    pre-packed weights and the activation fused (`benchmarks/NOTES.md`).
     """
     b, n, c = x.shape
     y = F.conv2d(x.reshape(b, n, 1, c).permute(0, 3, 1, 2), weight[:, :, None, None], bias)

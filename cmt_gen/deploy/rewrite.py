@@ -75,8 +75,8 @@ class DeployConvGeluBN(nn.Module):
 def reparameterize_stem(stem: nn.Module, kernel: str | None = None) -> None:
     """Each conv takes its GELU; the BNs stay. None folds inside the stem (each follows a GELU),
     and the last one could fold only across layers, into stage 0's unpadded patch conv: that
-    fold saved about 0.1% of a CMT-S forward and made a layer's rewrite depend on its neighbour
-    (timm's `reparameterize_model` rewrites layer by layer), so it is not made."""
+    fold saved almost nothing (`benchmarks/NOTES.md`) and would make a layer's rewrite depend on
+    its neighbour (timm's `reparameterize_model` rewrites layer by layer), so it is not made."""
     for unit in stem:
         unit.conv = FusedConv(unit.conv, gelu_name(unit.act))
         del unit.act

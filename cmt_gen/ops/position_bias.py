@@ -42,9 +42,9 @@ def fp16_on_cpu(bias: torch.Tensor) -> bool:
 
 def position_bias_at(bias: torch.Tensor, q_grid: tuple[int, int], kv_grid: tuple[int, int],
                      new_q: tuple[int, int], new_kv: tuple[int, int]) -> torch.Tensor:
-    """The bias at this input's grids. Eager mode skips the resampling at the stored grid (an exact copy
-    there, but 4-16% of a CPU forward); graphs (script, trace, FX, export) always resample, so they hold
-    at every size."""
+    """The bias at this input's grids. Eager mode skips the resampling at the stored grid (an exact
+    copy there, but a measurable share of a CPU forward: `benchmarks/NOTES.md`); graphs (script,
+    trace, FX, export) always resample, so they hold at every size."""
     if not torch.jit.is_scripting():  # noqa: SIM102 - TorchScript skips only a block guarded on its own
         if at_stored_grid_in_eager(q_grid, kv_grid, new_q, new_kv):
             return bias

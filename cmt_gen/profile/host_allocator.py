@@ -3,10 +3,9 @@
 Why this matters for CPU inference: glibc serves every allocation above its
 mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on free, so
 each such tensor is page-faulted in again on every forward, one 4 KiB page at a
-time. On the 2-vCPU VM this project runs on, a (50176 x 64) @ (64 x 256) linear
-took 18.6 ms with a fresh output and 4.7 ms with memory kept: for CMT-S at batch
-16 most of the forward was page faults (`benchmarks/bench_inference.py` has
-rows with and without). PyTorch's CPU tuning guides fix this by preloading
+time; for a CNN-sized batch that can be most of a forward (`benchmarks/NOTES.md`,
+"Host allocator policy"; `benchmarks/bench_inference.py` has rows with and
+without). PyTorch's CPU tuning guides fix this by preloading
 jemalloc or tcmalloc; `retain` gets the same effect from glibc itself:
 `mallopt(M_MMAP_MAX, 0)` serves large blocks from the heap and a high
 `M_TRIM_THRESHOLD` keeps freed heap for the next forward. The cost: the

@@ -2,9 +2,8 @@
 
 oneDNN compiles a kernel ("primitive") per shape and keeps the last 1024 in an
 LRU cache. A profiling or calibration run builds dozens of networks, and once
-the cache had seen about thirty of them, later networks ran 15-35% slower
-in one `cmt-gen profile` of 30 sampled specs (1 thread, batch 8): the same spec measured
-58.8 img/s there and 72.5 img/s with a 16384-entry cache or alone. The capacity is read
+the cache has seen a few dozen of them, later networks are measured slower than they
+run alone (`benchmarks/NOTES.md`, "oneDNN primitive cache"). The capacity is read
 from `ONEDNN_PRIMITIVE_CACHE_CAPACITY` when oneDNN creates its first primitive,
 so it is set before any model runs; a value the user exported wins. Torch-free.
 """
