@@ -443,3 +443,16 @@ def test_sampled_specs_build(one_thread):
         assert count_parameters(model) == sample.params
         with torch.inference_mode():
             assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("throughput, latency, message", [
+    (None, "50ms..10ms", "range minimum 50 ms is above its maximum 10 ms"),
+    ("50..10", None, "range minimum 50 img/s is above its maximum 10 img/s"),
+])
+def test_reversed_speed_ranges_are_one_clear_error(throughput, latency, message) -> None:
+    """Once a KeyError: the message formatted latency and throughput as if they were params or MACs."""
+    from cmt_gen.design.speed import parse_speed_budget
+    from cmt_gen.errors import CmtGenError
+
+    with pytest.raises(CmtGenError, match=message):
+        parse_speed_budget(throughput, latency, 0.05, calibration=object())

@@ -70,12 +70,7 @@ class Constraint:
         return "MACs" if self.quantity == "macs" else self.quantity
 
     def show(self, value: float, exact: bool = False) -> str:
-        """A value in this quantity's unit: 26.26M, 6.00G, 40 img/s, 25 ms (latency is held in seconds)."""
-        if self.quantity == "latency":
-            return f"{value * 1000:.4g} ms"
-        if self.quantity == "throughput":
-            return f"{value:.4g} img/s"
-        return quantity_text(value, self.quantity) if exact else format_in_unit(value, self.quantity)
+        return show_value(value, self.quantity, exact)
 
     def describe(self) -> str:
         """The budget in its quantity's unit (params in M, MACs in G), e.g. '74.7M within 1%', '..6G'."""
@@ -147,6 +142,15 @@ def _quantity(text: object, quantity: str) -> float:
         raise DesignError(str(exc), field=f"--{quantity}") from None
 
 
+def show_value(value: float, quantity: str, exact: bool = False) -> str:
+    """A value in its quantity's unit: 26.26M, 6.00G, 40 img/s, 25 ms (latency is held in seconds)."""
+    if quantity == "latency":
+        return f"{value * 1000:.4g} ms"
+    if quantity == "throughput":
+        return f"{value:.4g} img/s"
+    return quantity_text(value, quantity) if exact else format_in_unit(value, quantity)
+
+
 def parse_budget(quantity: str, value: object, tolerance: float) -> Constraint | None:
     """A constraint from `74.7M` (target), `4G..6G`, `..6G`, `4G..`, a number or a (lo, hi) pair."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -162,8 +166,8 @@ def parse_budget(quantity: str, value: object, tolerance: float) -> Constraint |
         lo = 0.0 if value[0] is None else _quantity(value[0], quantity)
         hi = math.inf if value[1] is None else _quantity(value[1], quantity)
         if lo > hi:
-            raise DesignError(f"range minimum {format_in_unit(lo, quantity)} is above its maximum "
-                              f"{format_in_unit(hi, quantity)}",
+            raise DesignError(f"range minimum {show_value(lo, quantity)} is above its maximum "
+                              f"{show_value(hi, quantity)}",
                               field=f"--{quantity}")
         if hi == 0:
             raise DesignError("a range up to 0 admits no network", field=f"--{quantity}")
