@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from cmt_gen.jobs.export import check_sizes, export_spec
+from cmt_gen.spec.loading import load_spec
 
 
 def _roundtrip(cli, spec_file, tmp_path, fmt: str, suffix: str) -> dict:
-    out = tmp_path / f"tiny{suffix}"
+    folder = tmp_path / "out"
+    folder.mkdir()
+    out = folder / f"tiny{suffix}"
     r = cli("export", spec_file, "--format", fmt, "-o", out, "--json")
     assert r.code == 0, r.err
     record = json.loads(r.out)
@@ -19,7 +23,7 @@ def _roundtrip(cli, spec_file, tmp_path, fmt: str, suffix: str) -> dict:
     shapes = [tuple(c["shape"]) for c in record["checks"]]
     assert len(set(shapes)) == 2 and shapes[0][0] != shapes[1][0] and shapes[0][2:] != shapes[1][2:]
     assert all(c["max_rel_diff"] < 1e-5 for c in record["checks"])
-    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    assert [p.name for p in folder.iterdir()] == [out.name]  # written atomically, nothing left beside it
     return record
 
 
@@ -43,8 +47,14 @@ def test_program_roundtrip(cli, tiny_spec_file, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_onnx_roundtrip_through_onnxruntime(cli, tiny_spec_file, tmp_path) -> None:
-    pytest.importorskip("onnxruntime")
+    ort = pytest.importorskip("onnxruntime")
     _roundtrip(cli, tiny_spec_file, tmp_path, "onnx", ".onnx")
+    alone = tmp_path / "copied" / "tiny.onnx"  # self-contained: the weights travel inside the file
+    alone.parent.mkdir()
+    alone.write_bytes((tmp_path / "out" / "tiny.onnx").read_bytes())
+    session = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"images": torch.randn(1, 3, 64, 64).numpy()})[0]
+    assert logits.shape == (1, 10)
 
 
 def test_exported_weights_are_the_loaded_ones(tiny_spec_file, tmp_path) -> None:
@@ -124,3 +134,21 @@ def test_export_prints_a_markup_name_as_written(cli, tmp_path) -> None:
 def test_export_refuses_what_would_not_fit_before_allocating(cli, tmp_path) -> None:
     r = cli("export", "cmt_ti", "--set", "resolution=4096", "--format", "torchscript", "-o", tmp_path / "big.pt")
     assert r.code == 2 and "GiB" in r.err and "available" in r.err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to stand in for a full disk")
+def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tiny_spec_file, tmp_path, monkeypatch) -> None:
+    """torch.jit.save onto a full disk aborted the process (SIGABRT) inside C++; the bytes are now
+    written from Python, where a full disk is an OSError."""
+    import builtins
+
+    from cmt_gen.errors import CmtGenError
+    from cmt_gen.export import formats
+
+    monkeypatch.setattr(formats, "open", lambda path, mode: builtins.open("/dev/full", mode),  # noqa: SIM115
+                        raising=False)
+    out = tmp_path / "out" / "tiny.pt"
+    out.parent.mkdir()
+    with pytest.raises(CmtGenError, match="cannot write: No space left on device"):
+        export_spec(load_spec(tiny_spec_file), "torchscript", out)
+    assert list(out.parent.iterdir()) == []

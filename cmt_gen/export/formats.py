@@ -7,6 +7,8 @@ of the network's total stride), so one file serves every input size.
 from __future__ import annotations
 
 import inspect
+import io
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -50,13 +52,25 @@ def _write_program(graph: nn.Module, example: torch.Tensor, stride: int, path: P
                           f"{torch.__version__}'s torch.export cannot express (newer releases can); "
                           "use --format onnx or torchscript", field="--format")
     program = torch.export.export(graph, (example,), dynamic_shapes=dynamic_shapes(stride))
-    torch.export.save(program, path)
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    _write_bytes(path, buffer.getvalue())
 
 
 def _write_torchscript(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still widely loaded
-        torch.jit.save(torch.jit.script(graph), str(path))
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.script(graph), buffer)
+    _write_bytes(path, buffer.getvalue())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """Written from Python, so a full disk is an OSError (one clear line), not an abort inside C++."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _write_onnx(graph: nn.Module, example: torch.Tensor, stride: int, path: Path) -> None:
@@ -66,8 +80,12 @@ def _write_onnx(graph: nn.Module, example: torch.Tensor, stride: int, path: Path
         raise CmtGenError("ONNX export needs the onnx extra: pip install 'cmt-gen[onnx]'",
                           field="--format") from None
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
-        torch.onnx.export(graph, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes(stride),
-                          input_names=["images"], output_names=["logits"], verbose=False)
+        try:
+            torch.onnx.export(graph, (example,), str(path), dynamo=True, dynamic_shapes=dynamic_shapes(stride),
+                              input_names=["images"], output_names=["logits"], verbose=False)
+            _inline_external_data(path)
+        finally:
+            _external_data_file(path).unlink(missing_ok=True)
         return
     # torch < 2.5: the TorchScript-based exporter, which traces; sizes stay symbolic through the trace
     # (the export job then checks the file at two other sizes, as for the dynamo exporter).
@@ -76,6 +94,30 @@ def _write_onnx(graph: nn.Module, example: torch.Tensor, stride: int, path: Path
         torch.onnx.export(graph, (example,), str(path), input_names=["images"], output_names=["logits"],
                           opset_version=17, dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                                                           "logits": {0: "batch"}})
+
+
+# protobuf's limit on one message: a larger model cannot hold its weights inside the .onnx file.
+ONNX_INLINE_LIMIT = 2 << 30
+
+
+def _external_data_file(path: Path) -> Path:
+    """Where the dynamo exporter puts the weights of `path` (beside it, named after it)."""
+    return path.with_name(path.name + ".data")
+
+
+def _inline_external_data(path: Path) -> None:
+    """Move the weights the exporter wrote beside the file into it, so the .onnx is self-contained:
+    its data file would be named after the temporary file and lost (or orphaned) on the rename."""
+    data = _external_data_file(path)
+    if not data.exists():
+        return
+    if path.stat().st_size + data.stat().st_size >= ONNX_INLINE_LIMIT:
+        raise CmtGenError("the model's weights are over 2 GB, more than one ONNX file can hold; "
+                          "use --format program or torchscript", field="--format")
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    onnx.save_model(model, str(path), save_as_external_data=False)
 
 
 WRITERS: dict[str, Callable[[nn.Module, torch.Tensor, int, Path], None]] = {
