@@ -306,6 +306,12 @@ def test_bad_profile_file(tmp_path):
     path.write_text(json.dumps([{"name": "cmt_s"}]))
     with pytest.raises(CmtGenError, match="no record"):
         load_profile(path)
+    path.write_text('[{"name": "cmt_s", "images_per_s": 1' + "0" * 400 + '}]')  # once an OverflowError
+    with pytest.raises(CmtGenError, match="no record"):
+        load_profile(path)
+    path.write_text('[{"name": "cmt_s", "images_per_s": 1' + "0" * 4400 + '}]')  # once a ValueError
+    with pytest.raises(CmtGenError, match="thousands of digits"):
+        load_profile(path)
 
 
 def test_table2_points_include_the_cmt_family():

@@ -99,7 +99,7 @@ def _number(value: Any) -> float | None:
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer of 10^400 img/s
         return None
     return number if math.isfinite(number) and number > 0 else None
 
@@ -147,6 +147,9 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
         raise ProfileError(f"not JSON (line {exc.lineno}): {exc.msg}", source=str(path)) from None
     except RecursionError:
         raise ProfileError(f"JSON nests deeper than {MAX_PROFILE_DEPTH} levels", source=str(path)) from None
+    except ValueError:  # Python's limit on the digits of one integer
+        raise ProfileError("a number has thousands of digits; a profile file holds measured figures",
+                           source=str(path)) from None
     if _depth(data, MAX_PROFILE_DEPTH) > MAX_PROFILE_DEPTH:
         raise ProfileError(f"JSON nests deeper than {MAX_PROFILE_DEPTH} levels", source=str(path))
     found: dict[str, Throughput] = {}
