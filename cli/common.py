@@ -42,6 +42,16 @@ def literal(text: object) -> str:
 SET_HELP = "Override a field: --set stages.2.depth=18 (repeatable; values are YAML)."
 
 
+def _device_help() -> str:
+    """--device's help from the registered devices (`cmt_gen.devices`), so a new device shows up by itself."""
+    from cmt_gen.devices import DEVICE_HELP, auto_help
+
+    return f"{auto_help()}, {DEVICE_HELP.removeprefix('auto, ')}."
+
+
+DEVICE_HELP = _device_help()  # "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps."
+
+
 @contextmanager
 def step_progress(what: str) -> Iterator[Callable[[str], None]]:
     """Progress of long work on stderr: a live status line on a terminal, one plain line per step when

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from cmt_gen.cli.common import (
+    DEVICE_HELP,
     SET_HELP,
     ReadableCommand,
     console,
@@ -37,7 +38,7 @@ def _check_json_path(path: Path | None, what: str, inputs: list | None = None) -
 
 
 def calibrate(
-    device: str = typer.Option("auto", "--device", "-d", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     precision: str = typer.Option(None, "--precision", help="fp32 (default), fp16, bf16 or amp."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per call (default: by device, as "
                                                                       "cmt-gen profile)."),

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from cmt_gen.cli.common import (
+    DEVICE_HELP,
     SET_HELP,
     ReadableCommand,
     console,
@@ -32,8 +33,7 @@ def profile(
     specs: list[str] = typer.Argument(
         None, help="Bundled spec names or YAML paths (default: every bundled variant); "
                    "timm:<model>[@res] adds a peer, like --compare."),
-    device: str = typer.Option("auto", "--device", "-d", help="auto (CUDA when present, else CPU), cpu, cuda, "
-                                                                "cuda:N or mps."),
+    device: str = typer.Option("auto", "--device", "-d", help=DEVICE_HELP),
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Images per call (default: by device, or "
                                                                       "the protocol's; decays on out-of-memory)."),
     precision: str = typer.Option(None, "--precision", help="fp32, fp16, bf16 or amp (default fp32, or the "
@@ -77,7 +77,7 @@ def profile(
     from cmt_gen.profile.output import check_output_path, write_outputs
     from cmt_gen.profile.peers import is_peer
     from cmt_gen.profile.runner import make_target
-    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.profile.settings import ProfileRequest, resolve_settings
     from cmt_gen.spec.bundled import bundled_names
 
     args = list(specs or [])
@@ -95,12 +95,12 @@ def profile(
     csv_file = None if csv_path is None else check_output_target(csv_path, inputs=inputs, others=[json_file])
     json_file = check_output_path(json_file, ".json")
     csv_file = check_output_path(csv_file, ".csv")
-    settings = resolve_settings(
+    settings = resolve_settings(ProfileRequest(
         device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
         compile=compile_model, compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters,
         min_time=min_time, repeats=repeats, threads=threads, protocol=protocol,
         allow_slow_precision=allow_slow_precision, form=form, backend=backend, allocator=allocator,
-    )
+    ))
     targets = [make_target(name, overrides=overrides) for name in names]
     from cmt_gen.profile.fits import check_profile_fits
 
@@ -116,7 +116,7 @@ def profile(
     written = write_outputs(run, json_file, csv_file)  # first: the measurements outlive any printing trouble
     out_console = err_console if json_to_stdout else console
     print_run(run, out_console)
-    if settings.precision != "fp32" and settings.device_type == "cpu" and fp32_check and not run.interrupted:
+    if settings.precision != "fp32" and _on_host(settings) and fp32_check and not run.interrupted:
         _print_precision_check(run, targets, settings, out_console)
         written = write_outputs(run, json_file, csv_file)  # again, now with the fp32 reference
     if json_to_stdout:
@@ -134,6 +134,13 @@ def profile(
         err_console.print(f"[bold red]{len(run.failed)} of {len(run.results)} model(s) failed[/]; "
                           "the others were measured")
         raise typer.Exit(1)
+
+
+def _on_host(settings) -> bool:
+    """Whether the run measured the host CPU, where a low precision may be slower than fp32."""
+    from cmt_gen.devices import device_for
+
+    return device_for(settings.device_type).host
 
 
 def _print_precision_check(run, targets, settings, console) -> None:
@@ -247,7 +254,7 @@ def _print_footer(run, console) -> None:
     load_end = env.get("load_average_end")
     console.print(
         f"env: torch {env.get('torch')}, {env.get('device_name')}"
-        f"{' (' + str(env.get('cpu_capability')) + ')' if s.device_type == 'cpu' else ''}, "
+        f"{' (' + str(env.get('cpu_capability')) + ')' if _on_host(s) else ''}, "
         f"threads {env.get('torch_threads')}, CUDA {env.get('cuda_runtime') or '-'}, Python {env.get('python')}"
         + (f", load {load[0]} -> {load_end[0] if load_end else '?'}" if load else "")
         + _busy_text(env)

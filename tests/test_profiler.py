@@ -309,7 +309,6 @@ def test_out_of_memory_decay_end_to_end():
 # ---------------------------------------------------------------- settings
 
 def test_protocols_and_explicit_values(monkeypatch):
-    from cmt_gen.profile import settings as profile_settings
     from cmt_gen.profile.settings import resolve_settings
 
     swin = resolve_settings(device="cpu", protocol="swin")
@@ -317,7 +316,7 @@ def test_protocols_and_explicit_values(monkeypatch):
     assert resolve_settings(device="cpu", protocol="swin", batch_size=3).batch_size == 3
     default = resolve_settings(device="cpu")
     assert (default.batch_size, default.precision, default.repeats) == (8, "fp32", 5)
-    monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: True)
+    monkeypatch.setattr("cmt_gen.devices.cpu.CPU.native_support", lambda dtype: True)
     timm_like = resolve_settings(device="cpu", protocol="timm")
     assert (timm_like.batch_size, timm_like.precision, timm_like.compute_dtype) == (256, "amp", "bfloat16")
     with pytest.raises(CmtGenError, match="largest batch"):
@@ -327,10 +326,9 @@ def test_protocols_and_explicit_values(monkeypatch):
 
 
 def test_precision_the_cpu_only_emulates_is_refused(monkeypatch):
-    from cmt_gen.profile import settings as profile_settings
     from cmt_gen.profile.settings import resolve_settings
 
-    monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: False)
+    monkeypatch.setattr("cmt_gen.devices.cpu.CPU.native_support", lambda dtype: False)
     for precision in ("fp16", "bf16", "amp"):
         with pytest.raises(CmtGenError, match="--allow-slow-precision"):
             resolve_settings(device="cpu", precision=precision)
@@ -340,7 +338,7 @@ def test_precision_the_cpu_only_emulates_is_refused(monkeypatch):
 def test_precision_that_fails_on_the_device_is_refused(monkeypatch):
     from cmt_gen.profile import settings as profile_settings
 
-    monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: True)
+    monkeypatch.setattr("cmt_gen.devices.cpu.CPU.native_support", lambda dtype: True)
     monkeypatch.setattr(profile_settings, "_probe_ops", lambda *a: '"slow_conv2d_cpu" not implemented for \'Half\'')
     with pytest.raises(CmtGenError, match="fp16 cannot run on cpu: \"slow_conv2d_cpu\" not implemented"):
         profile_settings.resolve_settings(device="cpu", precision="fp16")
@@ -591,9 +589,7 @@ def test_cli_cuda_without_cuda_exits_2(cli, tmp_path, monkeypatch):
 
 
 def test_cli_emulated_precision_exits_2(cli, tmp_path, monkeypatch):
-    from cmt_gen.profile import settings as profile_settings
-
-    monkeypatch.setattr(profile_settings, "native_cpu_support", lambda dtype: False)
+    monkeypatch.setattr("cmt_gen.devices.cpu.CPU.native_support", lambda dtype: False)
     result = cli("profile", write_spec(tmp_path, "tiny"), "--device", "cpu", "--precision", "fp16")
     assert result.code == 2 and "no native float16" in result.err
 

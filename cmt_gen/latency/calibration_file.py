@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cmt_gen.devices import KINDS, find
 from cmt_gen.errors import CmtGenError
 from cmt_gen.files import read_bounded
 from cmt_gen.latency.features import FEATURES, PART_KINDS
+from cmt_gen.spec.schema import BlockOptions, CMTSpec
 
 FORMAT = "cmt-gen-calibration/1"
 FORMS = ("as-built", "deploy")
@@ -29,7 +31,12 @@ class CalibrationError(CmtGenError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Seconds per unit of work: a per-call constant above this is no timing of a building block, and
+# larger products would overflow a prediction to infinity.
+MAX_COEFFICIENT = 1e4
 
 
 class PartModel(_Strict):
@@ -46,8 +53,11 @@ class PartModel(_Strict):
     def _same_length(self) -> PartModel:
         if len(self.features) != len(self.coefficients):
             raise ValueError(f"{len(self.features)} features but {len(self.coefficients)} coefficients")
-        if any(c < 0 or c != c for c in self.coefficients):
-            raise ValueError("coefficients are seconds per unit and cannot be negative")
+        if any(not 0 <= c <= MAX_COEFFICIENT for c in self.coefficients):
+            raise ValueError(f"coefficients are seconds per unit of work, from 0 to {MAX_COEFFICIENT:g}")
+        if not any(c > 0 for c in self.coefficients):
+            raise ValueError("all coefficients are 0: this part would take no time (a fit of real timings "
+                             "has at least one positive coefficient)")
         return self
 
 
@@ -70,7 +80,7 @@ class ReferenceTiming(_Strict):
 
 class CalibrationSettings(_Strict):
     device: str
-    device_type: Literal["cpu", "cuda", "mps"]
+    device_type: Literal[KINDS]  # "cpu", "cuda", "mps": every registered kind of device
     precision: Literal["fp32", "fp16", "bf16", "amp"]
     batch_size: int = Field(ge=1)
     threads: int | None = Field(None, ge=1)
@@ -79,12 +89,19 @@ class CalibrationSettings(_Strict):
     allocator: Literal["system", "retain"] = "system"
 
 
-class CalibratedBlockOptions(_Strict):
-    attention: Literal["fused", "math"] = "fused"
-    lpu: bool = True
-    reduction_kind: Literal["dwconv_bn", "avgpool", "conv_ln"] = "dwconv_bn"
-    position_bias: Literal["stage", "block", "none"] = "stage"
+class CalibratedBlockOptions(BlockOptions):
+    """The spec's block options (its own fields and enums, so a new option is recorded without an edit
+    here; a file written before an option existed reads as its default) plus the spec's `qkv_bias`."""
+
     qkv_bias: bool = True
+
+    @classmethod
+    def of_spec(cls, spec: CMTSpec) -> CalibratedBlockOptions:
+        return cls(**dict(spec.block), qkv_bias=spec.qkv_bias)
+
+    def spec_options(self) -> BlockOptions:
+        """The options as the layers take them (without qkv_bias, a spec-wide field)."""
+        return BlockOptions(**{name: getattr(self, name) for name in BlockOptions.model_fields})
 
 
 class Calibration(_Strict):
@@ -98,7 +115,8 @@ class Calibration(_Strict):
     torch_version: str
     environment: dict[str, Any] = Field(default_factory=dict)
     parts: dict[str, PartModel]
-    network_factor: float = Field(1.0, gt=0, description="Whole network / sum of its parts, on the references.")
+    network_factor: float = Field(1.0, ge=0.01, le=100,
+                                  description="Whole network / sum of its parts, on the references.")
     references: list[ReferenceTiming] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)
     seconds: float = Field(0.0, ge=0, description="How long the calibration took.")
@@ -128,15 +146,27 @@ def load_calibration(path: str | Path) -> Calibration:
     if not path.is_file():
         raise CalibrationError("calibration file not found" if not path.exists() else "not a file", source=source)
     try:
-        data = json.loads(read_bounded(path, MAX_CALIBRATION_BYTES, CalibrationError).decode("utf-8"))
+        data = json.loads(read_bounded(path, MAX_CALIBRATION_BYTES, CalibrationError).decode("utf-8"),
+                          parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise CalibrationError("not a text file (expected JSON from cmt-gen calibrate)", source=source) from None
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
                                source=source) from None
+    except RecursionError:
+        raise CalibrationError("not a calibration: nested too deeply", source=source) from None
+    except ValueError as exc:  # Infinity / NaN, or an integer of thousands of digits
+        why = str(exc).splitlines()[0][:160]
+        if "integer string conversion" in why:
+            why = "a number has thousands of digits"
+        raise CalibrationError(f"not valid JSON for a calibration: {why}", source=source) from None
     except OSError as exc:
         raise CalibrationError(f"cannot read: {exc.strerror or exc}", source=source) from None
     return calibration_from_dict(data, source)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows (a calibration holds finite figures)")
 
 
 def calibration_from_dict(data: Any, source: str = "calibration") -> Calibration:
@@ -181,16 +211,8 @@ def installed_torch_version() -> str | None:
 
 def current_machine(device_type: str) -> str | None:
     """What identifies the device: the CPU model, or the GPU's name when torch is already loaded."""
-    import sys
-
-    if device_type == "cpu":
-        from cmt_gen.profile.env import cpu_model
-
-        return cpu_model()
-    torch = sys.modules.get("torch")
-    if device_type == "cuda" and torch is not None and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return None
+    device = find(device_type)
+    return device.machine_name() if device is not None else None
 
 
 def check_compatible(calibration: Calibration, *, source: str = "calibration", device: str | None = None,

@@ -45,7 +45,10 @@ def compile_options(settings) -> dict:
 
 
 def freezes_weights(settings) -> bool:
-    return settings.device_type == "cpu" and settings.mode == "infer"
+    """Inference on the host CPU, where inductor's frozen weights are pre-packed for oneDNN."""
+    from cmt_gen.devices import device_for
+
+    return device_for(settings.device_type).host and settings.mode == "infer"
 
 
 class FrozenCompiled:

@@ -49,14 +49,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
-def free_device_memory() -> None:
-    """Drop what an aborted attempt left behind, including the CUDA cache."""
+def free_device_memory(device: str | None = None) -> None:
+    """Drop what an aborted attempt left behind, including the device's allocator cache (`Device.empty_cache`;
+    None: the device `auto` picks, so the CUDA cache wherever CUDA is present)."""
     gc.collect()
     try:
-        import torch
+        from cmt_gen.devices import device_for, resolve
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        name = resolve("auto") if device is None else device
+        device_for(name).empty_cache(name)
     except ImportError:
         pass
 

@@ -3,7 +3,7 @@
 `Bench.step` is one timed call: a forward pass under `inference_mode` (and
 autocast for AMP), or a whole training step (forward, loss, backward, AdamW
 step; a GradScaler for fp16 AMP on CUDA). Also the run-wide switches: torch's
-thread count and cuDNN's algorithm search, each restored afterwards.
+thread count and the device's flags (cuDNN's algorithm search), each restored afterwards.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from cmt_gen.devices import device_for
 from cmt_gen.profile.backends import applies_deploy_form, make_runner, prepare_model
 from cmt_gen.profile.settings import ProfileSettings
 from cmt_gen.profile.targets import ModelTarget
@@ -46,8 +47,8 @@ class Bench:
             self.runner, self.prepare_seconds = make_runner(model, target, settings, example)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if self.train else None
         self.scaler = None
-        if self.train and self.amp and self.compute_dtype == torch.float16 and settings.device_type == "cuda":
-            self.scaler = torch.amp.GradScaler("cuda")
+        if self.train and self.amp and device_for(settings.device_type).uses_grad_scaler(settings.compute_dtype):
+            self.scaler = torch.amp.GradScaler(settings.device_type)
         self.classes = int(getattr(model, "num_classes", 0) or 0)
         self.x = None
         self.labels = None
@@ -120,20 +121,10 @@ class Bench:
         self.runner = self.model = None
 
 
-@contextlib.contextmanager
-def device_flags(settings: ProfileSettings) -> Iterator[None]:
-    """On CUDA let cuDNN pick its fastest algorithms (what timm, DeiT and Swin benchmarks do); restored after."""
-    if settings.device_type != "cuda":
-        yield
-        return
-    import torch
-
-    before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = before
+def device_flags(settings: ProfileSettings) -> contextlib.AbstractContextManager:
+    """The device's run-wide switches (on CUDA, cuDNN picks its fastest algorithms, as timm, DeiT and Swin
+    benchmarks do); restored after."""
+    return device_for(settings.device_type).run_flags()
 
 
 @contextlib.contextmanager

@@ -9,15 +9,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cmt_gen.devices import device_for, find
+from cmt_gen.devices.cpu import cpu_capability, cpu_model
 
-def cpu_model() -> str:
-    """The CPU's marketing name, from /proc/cpuinfo where there is one."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+__all__ = ["LoadMeter", "busy_warning", "cpu_busy_fraction", "cpu_model", "default_threads", "fingerprint",
+           "free_cores", "load_average", "with_default_threads"]
 
 
 def load_average() -> list[float] | None:
@@ -91,6 +87,12 @@ class LoadMeter:
         return round(min(1.0, max(0.0, other)), 3)
 
 
+def _on_host(device: str) -> bool:
+    """Whether the device is the host CPU, where threads and other work on the machine set the pace."""
+    found = find(device)
+    return found is not None and found.host
+
+
 def _own_cpu_seconds() -> float:
     times = os.times()
     return times.user + times.system
@@ -111,8 +113,8 @@ def free_cores(busy: float | None = None) -> tuple[int, int, float | None]:
 def default_threads(device: str, busy: float | None = None) -> tuple[int | None, str | None]:
     """Threads for a CPU run when the user named none: the cores actually free, so threads do not
     queue behind other work (two threads on a busy 2-core machine measure contention, not the model).
-    Returns (None, None) off CPU, where torch's own default is right."""
-    if device.split(":")[0] != "cpu":
+    Returns (None, None) off the host CPU, where torch's own default is right."""
+    if not _on_host(device):
         return None, None
     free, cores, busy = free_cores(busy)
     if busy is None:
@@ -126,7 +128,7 @@ def busy_warning(device: str, threads_settled: bool = False, busy: float | None 
 
     Suggests --threads 1 only when the thread count is not settled already (given, or one).
     """
-    if device.split(":")[0] != "cpu":
+    if not _on_host(device):
         return None
     cores = os.cpu_count() or 1
     busy = cpu_busy_fraction() if busy is None else busy
@@ -149,7 +151,7 @@ def with_default_threads(settings: Any) -> tuple[Any, float | None]:
     returned with the busy fraction measured for that choice (None when nothing was chosen)."""
     from dataclasses import replace
 
-    if settings.device_type != "cpu" or settings.threads is not None:
+    if not _on_host(settings.device_type) or settings.threads is not None:
         return settings, None  # nothing to choose (busy_warning measures the load itself)
     busy = cpu_busy_fraction()
     threads, note = default_threads(settings.device, busy)
@@ -157,12 +159,11 @@ def with_default_threads(settings: Any) -> tuple[Any, float | None]:
 
 
 def fingerprint(device: str) -> dict[str, Any]:
-    """torch, CUDA, device name, threads, CPU, Python and package versions."""
+    """torch, CUDA, device name, threads, CPU, Python and package versions; the device adds its own part."""
     import torch
 
     import cmt_gen
 
-    kind = device.split(":")[0]
     info: dict[str, Any] = {
         "cmt_gen": cmt_gen.__version__,
         "torch": torch.__version__,
@@ -171,38 +172,14 @@ def fingerprint(device: str) -> dict[str, Any]:
         "device": device,
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_capability": _cpu_capability(),
+        "cpu_capability": cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda_runtime": torch.version.cuda,
         "load_average": load_average(),
     }
-    if kind == "cuda":
-        index = torch.device(device).index or 0
-        props = torch.cuda.get_device_properties(index)
-        info.update(
-            device_name=props.name,
-            device_capability=f"{props.major}.{props.minor}",
-            device_memory_bytes=props.total_memory,
-            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            tf32_cudnn=torch.backends.cudnn.allow_tf32,
-            cudnn_benchmark=torch.backends.cudnn.benchmark,
-        )
-    elif kind == "mps":
-        info.update(device_name=f"Apple MPS ({platform.machine()})")
-    else:
-        info.update(device_name=info["cpu"])
+    info.update(device_for(device).fingerprint(device))
     timm = sys.modules.get("timm")
     if timm is not None:
         info["timm"] = getattr(timm, "__version__", None)
     return info
-
-
-def _cpu_capability() -> str | None:
-    import torch
-
-    try:
-        return torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        return None

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cmt_gen.cost.memory_guard import available_memory, check_fits
+from cmt_gen.cost.memory_guard import check_fits
+from cmt_gen.devices import device_for
 from cmt_gen.spec.schema import CMTSpec
 
 
 def device_memory(settings) -> int:
-    """Bytes free on the device the run measures: the GPU's own memory, else the host's."""
-    if settings.device_type == "cuda":
-        import torch
-
-        free, _ = torch.cuda.mem_get_info(torch.device(settings.device))
-        return int(free)
-    return available_memory()
+    """Bytes free on the device the run measures: a GPU's own memory, else the host's (`Device.free_memory`)."""
+    return device_for(settings.device_type).free_memory(settings.device)
 
 
 def check_profile_fits(specs: Iterable[CMTSpec], settings, *, force: bool = False,

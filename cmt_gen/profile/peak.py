@@ -4,15 +4,16 @@ A square matmul grows until one call is long enough to be efficient, then the
 best of a few timed windows is kept: a practical peak of this device, this
 dtype and this thread count, not a datasheet figure. On CPU the product also
 runs through oneDNN with a pre-packed operand, as the deploy form's linears do
-(`deploy.onednn`), and the faster of the two is the peak: on this project's AMD
-CPU the MKL sgemm behind `a @ b` reached 110 GMAC/s and oneDNN about twice
-that, so against `a @ b` alone the deploy form read as 127% of peak.
+(`deploy.onednn`), and the faster of the two is the peak: on some CPUs oneDNN
+runs well above the sgemm behind `a @ b`, and against `a @ b` alone the deploy
+form read above 100% of peak (`benchmarks/NOTES.md`, "Matmul peak on CPU").
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from cmt_gen.devices import KINDS, device_for
 from cmt_gen.profile.timing import Clock
 
 
@@ -29,10 +30,11 @@ class MatmulPeak:
         return asdict(self)
 
 
-# Sizes start where kernels are efficient and grow while one product is quick, up to the cap.
-START_SIZE = {"cpu": 1024, "cuda": 4096, "mps": 2048}
-EFFICIENT_CALL_S = {"cpu": 0.05, "cuda": 0.002, "mps": 0.005}
-MAX_SIZE = {"cpu": 2048, "cuda": 8192, "mps": 4096}
+# Sizes start where kernels are efficient and grow while one product is quick, up to the cap: each device's
+# `matmul_sizes`, by kind, in tables a quick run or a test can swap an entry of.
+START_SIZE = {kind: device_for(kind).matmul_sizes.start for kind in KINDS}
+EFFICIENT_CALL_S = {kind: device_for(kind).matmul_sizes.efficient_call_s for kind in KINDS}
+MAX_SIZE = {kind: device_for(kind).matmul_sizes.largest for kind in KINDS}
 
 
 def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: float = 0.25,
@@ -70,13 +72,13 @@ def measure_matmul_peak(device: str, dtype_name: str = "float32", *, window_s: f
 
 
 def _products(kind: str, a, b) -> dict:
-    """The ways torch can multiply `a @ b` here: the default, and on CPU oneDNN with `b` pre-packed
+    """The ways torch can multiply `a @ b` here: the default, and on the host CPU oneDNN with `b` pre-packed
     where torch has that op and it passes its self-check for this dtype (`deploy.onednn`)."""
 
     from cmt_gen.deploy import onednn
 
     products = {"matmul": lambda: a @ b}
-    if kind == "cpu" and onednn._HAVE_ONEDNN and a.dtype in onednn._DTYPES and onednn.linear_case_ok(a.dtype):
+    if device_for(kind).host and onednn._HAVE_ONEDNN and a.dtype in onednn._DTYPES and onednn.linear_case_ok(a.dtype):
         try:
             packed = onednn.pack_linear_weight(b.t().contiguous(), a.shape[0])
         except RuntimeError as exc:

@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cmt_gen.devices import device_for
 from cmt_gen.errors import CmtGenError
 from cmt_gen.profile.batch import free_device_memory, run_with_batch_decay
 from cmt_gen.profile.bench import Bench, run_environment
 from cmt_gen.profile.env import with_default_threads
 from cmt_gen.profile.peak import MatmulPeak, measure_matmul_peak
-from cmt_gen.profile.settings import ProfileSettings, resolve_settings
+from cmt_gen.profile.settings import ProfileRequest, ProfileSettings, resolve_settings
 from cmt_gen.profile.targets import ModelTarget, target_from_module, target_from_spec
 from cmt_gen.profile.timing import Clock, measure_latency, measure_throughput, median, percentile, spread
 
@@ -105,45 +106,27 @@ class ProfileRun:
 
 def profile_model(
     spec_or_model: Any,
+    request: ProfileRequest | None = None,
     *,
-    device: str = "auto",
-    batch_size: int | None = None,
-    precision: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    compile_mode: str | None = None,
-    mode: str = "infer",
-    warmup: int | None = None,
-    iters: int | None = None,
-    min_time: float | None = None,
-    repeats: int | None = None,
-    threads: int | None = None,
-    protocol: str | None = None,
     resolution: int | None = None,
     overrides: Sequence[str] | dict | None = None,
-    allow_slow_precision: bool = False,
     measure_peak: bool = True,
     progress: Progress | None = None,
-    form: str = "deploy",
-    backend: str | None = None,
+    **choices: Any,
 ) -> ProfileResult:
     """Profile one network: a spec (name, path, dict, CMTSpec), a built module, or 'timm:<name>'.
 
-    `precision` fp32 | fp16 | bf16 | amp (None: the protocol's, else fp32);
-    `protocol` deit | swin | timm presets batch and precision; explicit values
-    win. `form` deploy (CMT reparameterized, default) | as-built; `backend`
-    eager | compile | onnxruntime (see `profile.backends`). Timing budgets left
-    None scale to the device. Settings mistakes raise
-    CmtGenError before anything runs; a failure while measuring propagates.
-    A module passed in is measured in place (infer) or on a copy (train) and
-    is put back on its device, dtype and mode afterwards.
+    The settings are a `ProfileRequest`, or its fields as keywords (`device="cpu",
+    batch_size=8`; they override the request's): `precision` fp32 | fp16 | bf16
+    | amp (None: the protocol's, else fp32); `protocol` deit | swin | timm
+    presets batch and precision; explicit values win. `form` deploy (CMT
+    reparameterized, default) | as-built; `backend` eager | compile |
+    onnxruntime (see `profile.backends`). Timing budgets left None scale to the
+    device. Settings mistakes raise CmtGenError before anything runs; a failure
+    while measuring propagates. A module passed in is measured in place (infer)
+    or on a copy (train) and is put back on its device, dtype and mode afterwards.
     """
-    settings = resolve_settings(
-        device=device, batch_size=batch_size, precision=precision, channels_last=channels_last, compile=compile,
-        compile_mode=compile_mode, mode=mode, warmup=warmup, iters=iters, min_time=min_time, repeats=repeats,
-        threads=threads, protocol=protocol, allow_slow_precision=allow_slow_precision,
-        form=form, backend=backend,
-    )
+    settings = resolve_settings(ProfileRequest.of(request, choices, "profile_model"))
     target = make_target(spec_or_model, overrides=overrides, resolution=resolution)
     settings, _ = with_default_threads(settings)
     with run_environment(settings):
@@ -208,7 +191,7 @@ def run_profiles(
     peak: MatmulPeak | None = None
     threads_given = settings.threads is not None
     settings, busy = with_default_threads(settings)
-    if busy is None and settings.device_type == "cpu":
+    if busy is None and device_for(settings.device_type).host:
         from cmt_gen.profile.env import cpu_busy_fraction
 
         busy = cpu_busy_fraction()
@@ -310,6 +293,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
         result.macs_source = target.macs_source
     except Exception as exc:  # noqa: BLE001 - timing does not need the MAC count
         result.notes.append(f"MACs not counted: {type(exc).__name__}: {str(exc).strip()[:120]}")
+    device = device_for(settings.device_type)
     meter = memory_meter(settings.device)
     result.memory_method = meter.method
     say("building")
@@ -321,7 +305,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
         model = copy.deepcopy(model)  # training steps must not change the caller's weights
     resident_bytes = tensor_bytes(model) if target.resident and settings.mode != "train" and _on_device(
         model, settings.device) else 0
-    if resident_bytes and settings.device_type == "cpu":
+    if resident_bytes and device.host:
         result.memory_method = f"{meter.method}, plus the weights already resident"
     result.params = sum(p.numel() for p in model.parameters())
     clock = Clock(settings.device)
@@ -344,7 +328,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
             return run, compile_s
 
         outcome = run_with_batch_decay(
-            attempt, settings.batch_size,
+            attempt, settings.batch_size, cleanup=lambda: free_device_memory(settings.device),
             on_decay=lambda old, new: say(f"out of memory at batch {old}, trying {new}"),
         )
         run, compile_s = outcome.value
@@ -380,8 +364,8 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
         if bench is not None:
             bench.close()
         model = None  # the last reference: the next model's meter collects what is left
-        if settings.device_type == "cuda":
-            free_device_memory()
+        if not device.host:  # an accelerator's allocator cache; the host's RAM is the next meter's to free
+            free_device_memory(settings.device)
 
     if result.macs_per_image:
         factor = TRAIN_MACS_FACTOR if settings.mode == "train" else 1
@@ -393,7 +377,7 @@ def measure_target(target: ModelTarget, settings: ProfileSettings, *, peak: Matm
                 result.notes.append("above the measured matmul peak: other load slowed the peak's measurement")
     if settings.largest_batch:
         result.notes.append(f"largest batch that fit: {result.batch_size}")
-    if settings.device_type == "cpu":
+    if device.host:
         result.load_during = load.other_busy()
         if result.load_during is not None and result.load_during >= 0.25:
             result.notes.append(f"other work: {result.load_during:.0%} of cores")

@@ -1,21 +1,29 @@
 """Profiling settings: device, precision, protocol presets and per-device defaults, checked up front.
 
-Every mistake here (unknown device, CUDA asked for but absent, a precision the
-device cannot run) is a `CmtGenError` raised before any model is built, so a
-long run never dies half way on a typo. torch is imported inside functions.
+The user's choices arrive as one `ProfileRequest`; `resolve_settings` turns
+them into the `ProfileSettings` a measurement records. Every mistake here
+(unknown device, CUDA asked for but absent, a precision the device cannot run)
+is a `CmtGenError` raised before any model is built, so a long run never dies
+half way on a typo. What differs per device is asked of `cmt_gen.devices`.
+torch is imported inside functions.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from cmt_gen.devices import DEVICE_HELP, KINDS, device_for
+from cmt_gen.devices import resolve as _resolve_device
+from cmt_gen.devices.base import DeviceDefaults
 from cmt_gen.errors import CmtGenError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "amp")
 MODES = ("infer", "train")
-DEVICE_HELP = "auto, cpu, cuda, cuda:N or mps"
+__all__ = ["DEVICE_DEFAULTS", "DEVICE_HELP", "MODES", "PRECISIONS", "PROTOCOLS", "DeviceDefaults", "ProfileRequest",
+           "ProfileSettings", "Protocol", "check_precision", "compute_dtype_name", "native_cpu_support",
+           "resolve_device", "resolve_settings"]
 
 
 @dataclass(frozen=True)
@@ -45,35 +53,47 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-@dataclass(frozen=True)
-class DeviceDefaults:
-    """Budgets that keep a default run short on this kind of device while still warm and repeated.
+# Each device's budgets (`Device.defaults`) by kind, in one table a quick run or a test can swap an entry of.
+DEVICE_DEFAULTS: dict[str, DeviceDefaults] = {kind: device_for(kind).defaults for kind in KINDS}
 
-    On CPU a timed repeat is at least one batch and two seconds, and latency takes
-    at least ten batch-1 calls and two seconds; a noisy model may add as many
-    seconds of repeats again (`extend_time`). `--min-time` buys precision. The
-    README states the measured time of a default run of the whole family.
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """The user's profiling choices as given; None leaves a value to the protocol, then to the device.
+
+    One object instead of the same keywords on every function between the CLI
+    and the runner; `resolve_settings` checks and completes it.
     """
 
-    batch_size: int
-    warmup: int
-    iters: int
-    min_time: float
-    repeats: int
-    latency_warmup: int
-    latency_samples: int  # at least this many batch-1 calls...
-    latency_time: float  # ...and at least this many seconds of them (--min-time sets it too)
-    latency_max_samples: int
+    device: str = "auto"
+    batch_size: int | None = None
+    precision: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str | None = None
+    mode: str = "infer"
+    warmup: int | None = None
+    iters: int | None = None
+    min_time: float | None = None
+    repeats: int | None = None
+    threads: int | None = None
+    protocol: str | None = None
+    allow_slow_precision: bool = False
+    form: str = "deploy"
+    backend: str | None = None
+    allocator: str = "auto"
 
-
-DEVICE_DEFAULTS = {
-    "cpu": DeviceDefaults(batch_size=8, warmup=1, iters=1, min_time=2.0, repeats=5,
-                          latency_warmup=1, latency_samples=10, latency_time=2.0, latency_max_samples=200),
-    "cuda": DeviceDefaults(batch_size=64, warmup=10, iters=10, min_time=1.0, repeats=5,
-                           latency_warmup=5, latency_samples=20, latency_time=0.5, latency_max_samples=500),
-    "mps": DeviceDefaults(batch_size=32, warmup=5, iters=5, min_time=1.0, repeats=5,
-                          latency_warmup=3, latency_samples=20, latency_time=0.5, latency_max_samples=500),
-}
+    @classmethod
+    def of(cls, request: ProfileRequest | None, choices: dict[str, Any], caller: str) -> ProfileRequest:
+        """`request` (default: all defaults) with keyword `choices` on top, for functions that take both;
+        an unknown keyword is the TypeError Python gives for a misspelt argument, naming `caller`."""
+        if request is not None and not isinstance(request, cls):
+            raise TypeError(f"{caller}() request must be a ProfileRequest, not {type(request).__name__}")
+        known = {f.name for f in fields(cls)}
+        for name in choices:
+            if name not in known:
+                raise TypeError(f"{caller}() got an unexpected keyword argument {name!r}")
+        return replace(request or cls(), **choices)
 
 
 @dataclass(frozen=True)
@@ -114,171 +134,113 @@ class ProfileSettings:
         return replace(self, batch_size=batch_size)
 
 
-def resolve_settings(
-    *,
-    device: str = "auto",
-    batch_size: int | None = None,
-    precision: str | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    compile_mode: str | None = None,
-    mode: str = "infer",
-    warmup: int | None = None,
-    iters: int | None = None,
-    min_time: float | None = None,
-    repeats: int | None = None,
-    threads: int | None = None,
-    protocol: str | None = None,
-    allow_slow_precision: bool = False,
-    form: str = "deploy",
-    backend: str | None = None,
-    allocator: str = "auto",
-) -> ProfileSettings:
-    """Check and complete the user's choices; protocol first, explicit values win over it."""
-    mode = _choice(mode, MODES, "mode")
+def resolve_settings(request: ProfileRequest | None = None, /, **choices: Any) -> ProfileSettings:
+    """Check and complete the user's choices; protocol first, explicit values win over it.
+
+    Pass a ProfileRequest, or its fields as keywords (they override the request's).
+    """
+    r = ProfileRequest.of(request, choices, "resolve_settings")
+    mode = _choice(r.mode, MODES, "mode")
     preset = None
-    if protocol is not None:
-        preset = PROTOCOLS.get(str(protocol).lower())
+    if r.protocol is not None:
+        preset = PROTOCOLS.get(str(r.protocol).lower())
         if preset is None:
-            raise CmtGenError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}", field="protocol")
-    if precision is None:
-        precision = preset.precision if preset else "fp32"
+            raise CmtGenError(f"unknown protocol {r.protocol!r}; use one of {', '.join(PROTOCOLS)}",
+                              field="protocol")
+    precision = r.precision if r.precision is not None else (preset.precision if preset else "fp32")
     precision = _choice(precision, PRECISIONS, "precision")
-    _positive(batch_size, "batch_size", MAX_COUNTS["batch_size"])
-    _positive(repeats, "repeats", MAX_COUNTS["repeats"])
-    _positive(threads, "threads")
-    _non_negative(warmup, "warmup", MAX_COUNTS["warmup"])
-    _positive(iters, "iters", MAX_COUNTS["iters"])
-    if min_time is not None and (not math.isfinite(min_time) or not 0 <= min_time <= MAX_MIN_TIME):
-        raise CmtGenError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}", field="min_time")
-    if compile_mode is not None:
-        compile = True
-        _check_compile_mode(compile_mode)
+    _check_counts(r)
+    compile = r.compile or r.compile_mode is not None
+    if r.compile_mode is not None:
+        _check_compile_mode(r.compile_mode)
     from cmt_gen.profile.backends import BACKENDS, FORMS
 
-    form = _choice(form, FORMS, "form")
-    backend = _choice(backend, BACKENDS, "backend") if backend is not None else ("compile" if compile else "eager")
+    form = _choice(r.form, FORMS, "form")
+    backend = _choice(r.backend, BACKENDS, "backend") if r.backend is not None else \
+        ("compile" if compile else "eager")
     if compile and backend != "compile":
         raise CmtGenError(f"--compile asks for the compile backend, not {backend}", field="backend")
-    compile = backend == "compile"
 
-    dev = resolve_device(device)
+    dev = resolve_device(r.device)
     kind = dev.split(":")[0]
+    device = device_for(kind)
     defaults = DEVICE_DEFAULTS[kind]
-    largest = bool(preset and preset.largest_batch and batch_size is None)
-    if largest and kind == "cpu":
+    largest = bool(preset and preset.largest_batch and r.batch_size is None)
+    if largest and device.host:
         raise CmtGenError("the deit protocol searches for the largest batch that fits accelerator memory; "
-                          "on cpu that would exhaust RAM: pass --batch-size", field="protocol")
+                          f"on {kind} that would exhaust RAM: pass --batch-size", field="protocol")
+    batch_size = r.batch_size
     if batch_size is None:
         batch_size = LARGEST_BATCH_START if largest else (preset.batch_size if preset and preset.batch_size
                                                           else defaults.batch_size)
-    if backend == "onnxruntime" and (kind != "cpu" or mode != "infer" or precision != "fp32"):
+    if backend == "onnxruntime" and (not device.host or mode != "infer" or precision != "fp32"):
         raise CmtGenError("the onnxruntime backend runs fp32 inference on cpu (its CPU provider); "
                           f"got {dev}, {mode}, {precision}", field="backend")
-    compute = check_precision(dev, precision, allow_slow=allow_slow_precision)
+    compute = check_precision(dev, precision, allow_slow=r.allow_slow_precision)
     from cmt_gen.profile.host_allocator import resolve_policy
 
-    allocator = resolve_policy(allocator, kind)
-    if threads is not None:
-        _check_threads(threads)
+    allocator = resolve_policy(r.allocator, kind)
+    if r.threads is not None:
+        _check_threads(r.threads)
+    min_time = defaults.min_time if r.min_time is None else float(r.min_time)
+    repeats = defaults.repeats if r.repeats is None else r.repeats
     return ProfileSettings(
         device=dev, device_type=kind, batch_size=batch_size, largest_batch=largest, precision=precision,
-        compute_dtype=compute, channels_last=channels_last, compile=compile, compile_mode=compile_mode,
-        mode=mode, warmup=defaults.warmup if warmup is None else warmup,
-        iters=defaults.iters if iters is None else iters,
-        min_time=defaults.min_time if min_time is None else float(min_time),
-        repeats=defaults.repeats if repeats is None else repeats, threads=threads,
-        protocol=preset.name if preset else None, latency_warmup=defaults.latency_warmup,
+        compute_dtype=compute, channels_last=r.channels_last, compile=backend == "compile",
+        compile_mode=r.compile_mode, mode=mode, warmup=defaults.warmup if r.warmup is None else r.warmup,
+        iters=defaults.iters if r.iters is None else r.iters, min_time=min_time, repeats=repeats,
+        threads=r.threads, protocol=preset.name if preset else None, latency_warmup=defaults.latency_warmup,
         latency_samples=defaults.latency_samples,
-        latency_time=defaults.latency_time if min_time is None else float(min_time),
+        latency_time=defaults.latency_time if r.min_time is None else float(r.min_time),
         latency_max_samples=defaults.latency_max_samples, form=form, backend=backend, allocator=allocator,
-        extend_time=(defaults.repeats if repeats is None else repeats)
-        * (defaults.min_time if min_time is None else float(min_time)),
+        extend_time=repeats * min_time,
     )
+
+
+def _check_counts(r: ProfileRequest) -> None:
+    """Each count and duration a user types: whole, in range, finite."""
+    _positive(r.batch_size, "batch_size", MAX_COUNTS["batch_size"])
+    _positive(r.repeats, "repeats", MAX_COUNTS["repeats"])
+    _positive(r.threads, "threads")
+    _non_negative(r.warmup, "warmup", MAX_COUNTS["warmup"])
+    _positive(r.iters, "iters", MAX_COUNTS["iters"])
+    if r.min_time is not None and (not math.isfinite(r.min_time) or not 0 <= r.min_time <= MAX_MIN_TIME):
+        raise CmtGenError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {r.min_time}",
+                          field="min_time")
 
 
 # ---------------------------------------------------------------- device
 
 def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda:0' when CUDA is present, else 'cpu'; checks that the device exists."""
-    import torch
-
-    text = str(device).strip().lower()
-    if text == "auto":
-        return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
-    if text == "cpu":
-        return "cpu"
-    if text == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise CmtGenError("mps asked for but not available (needs Apple silicon and a torch built with MPS)",
-                              field="device")
-        return "mps"
-    if text == "cuda" or text.startswith("cuda:"):
-        index_text = text.partition(":")[2]
-        if index_text and not index_text.isdigit():
-            raise CmtGenError(f"unknown device {device!r}; use {DEVICE_HELP}", field="device")
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
-            raise CmtGenError(f"{device} asked for but CUDA is not available (torch {torch.__version__}, "
-                              f"{build} build); use --device cpu or auto", field="device")
-        count = torch.cuda.device_count()
-        index = int(index_text) if index_text else torch.cuda.current_device()
-        if index >= count:
-            raise CmtGenError(f"{device} asked for but there {'is' if count == 1 else 'are'} only {count} "
-                              f"CUDA device{'s' if count != 1 else ''} (cuda:0..cuda:{count - 1})", field="device")
-        return f"cuda:{index}"
-    raise CmtGenError(f"unknown device {device!r}; use {DEVICE_HELP}", field="device")
+    """'auto' -> 'cuda:0' when CUDA is present, else 'cpu'; checks that the device exists (`devices.resolve`)."""
+    return _resolve_device(device)
 
 
 # ---------------------------------------------------------------- precision
 
 def compute_dtype_name(device_type: str, precision: str) -> str:
-    """The dtype the arithmetic runs in; AMP autocasts to fp16 on GPUs and to bf16 on CPU."""
+    """The dtype the arithmetic runs in; AMP autocasts to the device's `amp_dtype` (fp16 on GPUs, bf16 on CPU)."""
     if precision == "amp":
-        return "bfloat16" if device_type == "cpu" else "float16"
+        return device_for(device_type).amp_dtype
     return {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}[precision]
 
 
 def native_cpu_support(dtype_name: str) -> bool | None:
     """Whether the CPU has native kernels for a low precision (AVX512-BF16/FP16, AMX); None if unknown."""
-    import torch
-
-    probe = {"bfloat16": "_is_mkldnn_bf16_supported", "float16": "_is_mkldnn_fp16_supported"}.get(dtype_name)
-    if probe is None:
-        return True
-    try:
-        return bool(getattr(torch.ops.mkldnn, probe)())
-    except (AttributeError, RuntimeError):
-        return None
+    return device_for("cpu").native_support(dtype_name)
 
 
 def check_precision(device: str, precision: str, *, allow_slow: bool = False) -> str:
-    """Refuse a precision the device cannot run (or would only emulate); returns the compute dtype name."""
-    import torch
+    """Refuse a precision the device cannot run (or would only emulate); returns the compute dtype name.
 
+    The device's own rules first (`Device.check_precision`), then each op kind a CMT uses, run once.
+    """
     kind = device.split(":")[0]
     dtype_name = compute_dtype_name(kind, precision)
     if dtype_name == "float32":
         return dtype_name
     label = precision if precision != "amp" else f"amp ({dtype_name} autocast)"
-    if kind == "cuda" and dtype_name == "bfloat16":
-        try:
-            supported = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:
-            supported = torch.cuda.is_bf16_supported()
-        if not supported:
-            name = torch.cuda.get_device_name(torch.device(device))
-            raise CmtGenError(f"{label} is not supported on {device} ({name}); use fp32, fp16 or amp",
-                              field="precision")
-    if kind == "cpu" and not allow_slow and native_cpu_support(dtype_name) is False:
-        capability = _cpu_capability()
-        raise CmtGenError(
-            f"{label} on cpu: this CPU ({capability}) has no native {dtype_name} kernels, so it would be "
-            "emulated and run tens of times slower than fp32; use --precision fp32, or "
-            "--allow-slow-precision to measure the emulation anyway",
-            field="precision",
-        )
+    device_for(kind).check_precision(device, dtype_name, label, allow_slow=allow_slow)
     problem = _probe_ops(device, kind, precision, dtype_name)
     if problem:
         raise CmtGenError(f"{label} cannot run on {device}: {problem}", field="precision")
@@ -308,15 +270,6 @@ def _probe_ops(device: str, kind: str, precision: str, dtype_name: str) -> str |
     except (RuntimeError, TypeError, NotImplementedError) as exc:
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return None
-
-
-def _cpu_capability() -> str:
-    import torch
-
-    try:
-        return torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
-        return "unknown capability"
 
 
 # ---------------------------------------------------------------- small checks

@@ -1,16 +1,20 @@
 """Timing device work honestly: synchronised clocks, warm-up excluded, repeats and percentiles.
 
-On CUDA a span is timed with CUDA events recorded on the stream (the GPU's own
-timeline, one synchronisation at the end of the span); on MPS and CPU with
-`perf_counter` after synchronising the device.
+How a span is timed is the device's answer (`Device.time_calls`): on CUDA with
+CUDA events recorded on the stream (the GPU's own timeline, one synchronisation
+at the end of the span); on MPS and CPU with `perf_counter` after synchronising
+the device.
 """
 
 from __future__ import annotations
 
 import math
-import time
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
+
+from cmt_gen.devices import device_for
 
 # A timed repeat never runs more calls than this, whatever --min-time asks for.
 MAX_CALLS_PER_REPEAT = 100_000
@@ -22,37 +26,14 @@ class Clock:
     def __init__(self, device: str):
         self.device = device
         self.kind = device.split(":")[0]
+        self._device = device_for(self.kind)
 
     def sync(self) -> None:
-        if self.kind == "cuda":
-            import torch
-
-            torch.cuda.synchronize(self.device)
-        elif self.kind == "mps":
-            import torch
-
-            torch.mps.synchronize()
+        self._device.synchronize(self.device)
 
     def time(self, fn: Callable[[], object], n: int = 1) -> float:
         """Seconds taken by n back-to-back calls, from an idle device to the last call's completion."""
-        if self.kind == "cuda":
-            import torch
-
-            self.sync()
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(n):
-                fn()
-            end.record()
-            end.synchronize()
-            return start.elapsed_time(end) / 1000.0
-        self.sync()
-        begin = time.perf_counter()
-        for _ in range(n):
-            fn()
-        self.sync()
-        return time.perf_counter() - begin
+        return self._device.time_calls(self.device, fn, n)
 
 
 @dataclass
@@ -158,15 +139,26 @@ def measure_latency(call: Callable[[], object], clock: Clock, *, warmup: int, sa
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default)."""
+    """The q-th percentile (0..100) with linear interpolation between order statistics (numpy's default).
+
+    `statistics.quantiles(method="inclusive")` is that interpolation; it cuts at
+    multiples of 1/n, so q/100 is taken as a fraction k/n (90 -> 9/10, 99.9 ->
+    999/1000), to a hundredth of a percent. One value, q = 0 and q = 100 are
+    the order statistics themselves (quantiles wants two values and cuts inside).
+    """
     if not values:
         raise ValueError("percentile of no values")
     ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+    share = (Fraction(str(q)) / 100).limit_denominator(10_000)
+    if len(ordered) == 1 or share <= 0:
+        return ordered[0]
+    if share >= 1:
+        return ordered[-1]
+    cuts = statistics.quantiles(ordered, n=share.denominator, method="inclusive")
+    return cuts[share.numerator - 1]
 
 
 def median(values: Sequence[float]) -> float:
-    return percentile(values, 50.0)
+    if not values:
+        raise ValueError("median of no values")
+    return statistics.median(values)
