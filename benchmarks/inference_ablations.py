@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmt_gen.deploy import attention as deploy_attention
-from cmt_gen.deploy import blocks as deploy_layers
+from cmt_gen.deploy import blocks as deploy_blocks
 from cmt_gen.deploy import cache_chunks, onednn
 from cmt_gen.deploy import rewrite as D
 from cmt_gen.deploy.blocks import FusedConv, TokenLinear
@@ -126,7 +126,7 @@ def with_sdpa(model):
 
 
 # Every module that binds the view helpers by name (a patch of one module misses the others' calls).
-VIEW_USERS = (D, deploy_attention, deploy_layers)
+VIEW_USERS = (D, deploy_attention, deploy_blocks)
 
 
 class CopyingViews(nn.Module):
@@ -137,7 +137,7 @@ class CopyingViews(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        to_map, to_tokens = deploy_layers.tokens_as_map, deploy_layers.map_as_tokens
+        to_map, to_tokens = deploy_blocks.tokens_as_map, deploy_blocks.map_as_tokens
         saved = [(m, m.tokens_as_map, m.map_as_tokens) for m in VIEW_USERS]
         for module in VIEW_USERS:
             module.tokens_as_map = lambda t, h, w: to_map(t, h, w).contiguous()
