@@ -504,3 +504,23 @@ def test_packed_weights_follow_updates_and_go_with_the_weight(case: Callable) ->
     del weight
     gc.collect()
     assert key not in onednn._PACKED
+
+
+def test_training_the_deploy_form_is_refused() -> None:
+    """Fine-tuning a deploy form once ran without a word while it trained another network (norms
+    folded, statistics frozen); now its weights are frozen and train() says why, changing nothing."""
+    model = build_model(tiny_spec_dict()).eval().reparameterize()
+    assert not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(RuntimeError, match="deploy form.*train the model from build_model"):
+        model.train()
+    assert not any(m.training for m in model.modules())  # refused before any flag changed
+    with pytest.raises(RuntimeError, match="deploy form"):
+        model.stages[0].train()
+    model.eval()  # eval stays allowed
+    by_layer = build_model(tiny_spec_dict()).train()  # timm's walk: layer by layer, in train mode
+    for child in (by_layer.stem, *by_layer.stages, by_layer.head):
+        child.reparameterize()
+    assert not any(p.requires_grad for p in by_layer.parameters())
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    by_layer(x).sum().backward()  # the input still gets its gradient (saliency, attacks)
+    assert x.grad is not None

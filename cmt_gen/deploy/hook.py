@@ -30,13 +30,29 @@ class Reparameterizable:
         check_kernel(attention_kernel)
         type(self).deploy_rewrite(self, attention_kernel)
         leave_inference_mode(self)
+        for parameter in self.parameters():  # inference weights: nothing may train them (see DeployForm.train)
+            parameter.requires_grad_(False)
+        for module in self.modules():  # the rewrite's new submodules take the layer's mode
+            module.training = self.training
+
+
+TRAINING_REFUSED = (
+    "this layer is in the deploy form: reparameterize() folded its norms into the weights, so training "
+    "it would train another network (BatchNorm statistics frozen, weights that no longer match the "
+    "trained layout); train the model from build_model() and call reparameterize() afterwards")
 
 
 class DeployForm:
-    """Mixin of the rewritten layers: `reparameterize()` again is a no-op, as timm expects."""
+    """Mixin of the rewritten layers: `reparameterize()` again is a no-op, as timm expects, and
+    training is refused (its weights are frozen and `train()` raises)."""
 
     def reparameterize(self, attention_kernel: str | None = None) -> None:
         """Already in the deploy form."""
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(TRAINING_REFUSED)
+        return super().train(mode)
 
 
 def is_deploy_form(model: nn.Module) -> bool:

@@ -8,6 +8,7 @@ layers never read the spec themselves.
 import torch
 from torch import nn
 
+from cmt_gen.deploy.hook import TRAINING_REFUSED, DeployForm
 from cmt_gen.deploy.rewrite import reparameterize_network
 from cmt_gen.model.layers import ClassifierHead, CMTStage, InputCheck, Stem, check_pool
 from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
@@ -180,6 +181,12 @@ class CMT(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
+
+    def train(self, mode: bool = True) -> "CMT":
+        """As nn.Module's, but refused (before any flag changes) once a layer is in the deploy form."""
+        if mode and any(isinstance(m, DeployForm) for m in self.modules()):
+            raise RuntimeError(TRAINING_REFUSED)
+        return super().train(mode)
 
     def reparameterize(self, attention_kernel: "str | None" = None) -> "CMT":
         """Rewrite in place into the deploy form: same outputs, faster (eval only; see `deploy.rewrite`)."""
