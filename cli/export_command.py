@@ -32,13 +32,13 @@ def export(
     from cmt_gen.errors import CmtGenError
     from cmt_gen.export.formats import FORMATS
     from cmt_gen.jobs.export import export_spec
+    from cmt_gen.profile.settings import check_threads
     from cmt_gen.spec.loading import load_spec, spec_files
 
     if fmt not in FORMATS:
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
     if threads is not None:
-        if threads < 1:
-            raise CmtGenError(f"must be at least 1, got {threads}", field="--threads")
+        check_threads(threads, "--threads")
         torch.set_num_threads(threads)
     resolved = load_spec(spec, overrides)
     result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads,

@@ -84,7 +84,8 @@ def test_difference_over_tolerance_exits_1(cli, tiny_spec_file, tmp_path) -> Non
 @pytest.mark.parametrize("args, message", [
     (["--format", "tflite"], "--format: unknown format 'tflite'"),
     (["--format", "torchscript", "--tolerance", "0"], "--tolerance: tolerance must be positive"),
-    (["--format", "torchscript", "--threads", "0"], "--threads: must be at least 1"),
+    (["--format", "torchscript", "--threads", "0"], "--threads: must be a whole number >= 1"),
+    (["--format", "torchscript", "--threads", "4096"], "would only measure contention"),
 ])
 def test_bad_flags_exit_2(cli, tiny_spec_file, tmp_path, args, message) -> None:
     r = cli("export", tiny_spec_file, "-o", tmp_path / "x.pt", *args)

@@ -12,6 +12,7 @@ from conftest import REPO, run_cli_subprocess, subprocess_env, tiny_spec_dict
 
 from cmt_gen.cost.analytic import analytic_cost
 from cmt_gen.latency.calibration_file import (
+    CalibratedBlockOptions,
     Calibration,
     CalibrationError,
     check_compatible,
@@ -105,6 +106,62 @@ def test_fit_keeps_coefficients_non_negative():
     assert min(report.coefficients) >= 0
 
 
+def _fit_cases() -> dict[str, tuple[list, list[float], tuple[float, ...] | None]]:
+    """Rows, seconds and (where known) the true coefficients: each part kind on the fake device, and a
+    problem whose unconstrained fit would go negative (so the constraint is active)."""
+    from cmt_gen.latency.calibrate import plan_parts
+
+    cases = {}
+    for kind, truth in TRUE.items():
+        rows = [p.features(BATCH) for p in plan_parts(6, 0) if p.kind == kind]
+        cases[kind] = (rows, [sum(c * f for c, f in zip(truth, r, strict=True)) for r in rows], truth)
+    rows = [[1.0, float(x), float(x * x)] for x in range(1, 12)]
+    cases["constrained"] = (rows, [5.0 - 0.3 * r[1] + 0.01 * r[2] for r in rows], None)
+    return cases
+
+
+@pytest.mark.parametrize("case", list(_fit_cases()))
+def test_scipy_and_the_fallback_solver_agree(case, monkeypatch):
+    """scipy's NNLS is used when importable, the pure-Python one when not, and on these well-conditioned
+    rows they fit the same coefficients; scipy recovers representable timings to near machine precision
+    (it never forms the normal equations, which square the condition number)."""
+    pytest.importorskip("scipy")
+    from cmt_gen.latency import fit
+
+    rows, seconds, truth = _fit_cases()[case]
+    calls: list[int] = []
+    real = fit._nnls
+    monkeypatch.setattr(fit, "_nnls", lambda *args: calls.append(1) or real(*args))
+    with_scipy = fit.fit_nonnegative(rows, seconds)
+    assert not calls
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)  # as if scipy were not installed
+    fallback = fit.fit_nonnegative(rows, seconds)
+    assert calls
+    assert fallback.coefficients == pytest.approx(with_scipy.coefficients, rel=1e-6, abs=1e-18)
+    assert fallback.median_error == pytest.approx(with_scipy.median_error, rel=1e-6, abs=1e-9)
+    assert min(with_scipy.coefficients) >= 0 and min(fallback.coefficients) >= 0
+    if truth is not None:
+        assert with_scipy.coefficients == pytest.approx(truth, rel=1e-11, abs=1e-20)
+
+
+def test_prediction_summary_of_an_even_count():
+    from types import SimpleNamespace
+
+    from cmt_gen.latency.evaluate import summary
+
+    rows = [SimpleNamespace(error=e) for e in (0.1, -0.3, None, 0.2, -0.4)]  # one row failed to measure
+    assert summary(rows) == {"measured": 4, "within": 0.10, "fraction_within": 0.25,
+                             "median_abs_error": pytest.approx(0.25), "worst_abs_error": 0.4}
+    assert summary([SimpleNamespace(error=None)]) == {"measured": 0}
+
+
+def test_median_error_of_an_even_count_is_the_mean_of_the_middle_two():
+    from cmt_gen.latency.fit import _report
+
+    report = _report((1.0,), [[1.0]] * 4, [1 / 1.1, 1 / 1.2, 1 / 1.3, 1 / 1.4])  # errors 0.1 .. 0.4
+    assert report.median_error == pytest.approx(0.25) and report.worst_error == pytest.approx(0.4)
+
+
 # ---------------------------------------------------------------- files
 
 def test_calibration_round_trips(calibration, cal_file):
@@ -134,6 +191,39 @@ def test_bad_calibration_files_are_one_line_and_exit_2(cal_file, tmp_path, cli, 
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
 
 
+def _head_coefficients(value):
+    def mutate(d):
+        d["parts"]["head"]["coefficients"] = [value] * len(d["parts"]["head"]["coefficients"])
+    return mutate
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace('"network_factor": ', '"network_factor": 1e308, "_x": ', 1), "network_factor"),
+    (lambda text: _edit_json(text, _head_coefficients(float("inf"))), "Infinity is not a number JSON allows"),
+    (lambda text: _edit_json(text, _head_coefficients(1e308)), "parts.head: coefficients are seconds per unit"),
+    (lambda text: _edit_json(text, _head_coefficients(0.0)), "parts.head: all coefficients are 0"),
+    (lambda text: text.replace('"seconds": ', '"seconds": NaN, "_y": ', 1), "NaN is not a number JSON allows"),
+    (lambda text: "[" * 100_000 + "]" * 100_000, "not a calibration: nested too deeply"),
+    (lambda text: text.replace('"batch_size": ', '"batch_size": ' + "9" * 4401 + ', "_z": ', 1),
+     "a number has thousands of digits"),
+])
+def test_hostile_numbers_in_calibration_files_are_refused(cal_file, tmp_path, cli, edit, message):
+    """Infinity, 1e308 and all-zero coefficients once made predict print inf ms, write Infinity into
+    JSON or divide by zero; deep nesting and huge integers crashed the reader (exit 70)."""
+    bad = tmp_path / "bad.json"
+    bad.write_text(edit(cal_file.read_text()))
+    result = cli("predict", "cmt_ti", "--calibration", bad)
+    assert result.code == 2, result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert message in result.err, result.err
+
+
+def _edit_json(text: str, mutate) -> str:
+    data = json.loads(text)
+    mutate(data)
+    return json.dumps(data)  # writes Infinity for inf, as Python's json does
+
+
 def test_unreadable_calibration_files(tmp_path, cli):
     (tmp_path / "broken.json").write_text("{not json")
     for path, rule in ((tmp_path / "broken.json", "not valid JSON"), (tmp_path / "absent.json", "not found")):
@@ -161,13 +251,30 @@ def test_mismatched_calibration_is_refused_unless_forced(calibration, tmp_path, 
 def test_spec_with_other_block_options_is_refused(calibration):
     with pytest.raises(CalibrationError, match="attention"):
         predict_latency(load_spec("cmt_ti", ["block.attention=math"]), calibration)
+    with pytest.raises(CalibrationError, match="gelu_approximation 'tanh'.*calibrated with 'none'"):
+        predict_latency(load_spec("cmt_ti", ["block.gelu_approximation=tanh"]), calibration)
+
+
+def test_block_options_come_from_the_spec_and_old_files_read_as_defaults(calibration):
+    """The calibration records every spec block option (no list of its own to keep in step); a file
+    written before an option existed holds the option's default, which is what it measured."""
+    from cmt_gen.spec.schema import BlockOptions
+
+    assert set(BlockOptions.model_fields) | {"qkv_bias"} == set(CalibratedBlockOptions.model_fields)
+    data = json.loads(calibration.to_json())
+    del data["block_options"]["gelu_approximation"]
+    assert Calibration.model_validate(data).block_options == calibration.block_options
+    data["block_options"]["reduction_kind"] = "maxpool"
+    with pytest.raises(ValueError, match="reduction_kind"):
+        Calibration.model_validate(data)
 
 
 @pytest.mark.parametrize("form, deployed", [("deploy", True), ("as-built", False)])
 def test_calibration_times_the_form_it_names(form, deployed):
     """A deploy calibration times each part in its deploy form, as `profile` runs the whole network."""
     from cmt_gen.latency.calibrate import plan_parts
-    from cmt_gen.latency.measure import BlockOptions, TorchPartTimer, build_part
+    from cmt_gen.latency.calibration_file import CalibratedBlockOptions as BlockOptions
+    from cmt_gen.latency.measure import TorchPartTimer, build_part
     from cmt_gen.profile.settings import resolve_settings
 
     settings = resolve_settings(device="cpu", batch_size=1, threads=1, form=form)
@@ -257,7 +364,8 @@ def test_compare_plot_has_a_speed_panel(cal_file, tmp_path, cli):
 # ---------------------------------------------------------------- on the device (small)
 
 def test_torch_timer_measures_a_block():
-    from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
+    from cmt_gen.latency.calibration_file import CalibratedBlockOptions as BlockOptions
+    from cmt_gen.latency.measure import TorchPartTimer
     from cmt_gen.profile.settings import resolve_settings
 
     timer = TorchPartTimer(resolve_settings(device="cpu", batch_size=1, threads=1), BlockOptions(), min_time=0.0,
@@ -285,7 +393,7 @@ def test_blocks_are_timed_in_the_image_chunks_their_stage_runs(monkeypatch, form
 
     monkeypatch.setattr(measure, "build_part", recording)
     settings = resolve_settings(device="cpu", batch_size=3, threads=1, form=form)
-    timer = measure.TorchPartTimer(settings, measure.BlockOptions(), min_time=0.0, repeats=1, warmup=0, form=form)
+    timer = measure.TorchPartTimer(settings, CalibratedBlockOptions(), min_time=0.0, repeats=1, warmup=0, form=form)
     assert timer(PartShape("block", 4, 4, 16, 16, 2, 2, 32)) > 0
     assert seen and set(seen) == {chunk}
 
@@ -320,9 +428,11 @@ def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
 
 @pytest.mark.parametrize("argv, rule", [
     (["--form", "trained"], "unknown form"),
-    (["--blocks", "1"], "blocks: must be a whole number >= 3"),
+    (["--blocks", "1"], "blocks: must be a whole number from 3 to 1000"),
+    (["--blocks", "1000000000"], "blocks: must be a whole number from 3 to 1000"),  # once filled memory
     (["--device", "tpu"], "unknown device"),
     (["--min-time", "-1"], "min_time"),
+    (["--min-time", "1e12"], "min_time: must be a number of seconds from 0 to 60"),  # once ran forever
 ])
 def test_calibrate_bad_options_exit_2(tmp_path, cli, argv, rule):
     result = cli("calibrate", *argv, "-o", tmp_path / "cal.json")

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
 from cmt_gen.latency.calibration_file import (
     FORMS,
+    CalibratedBlockOptions,
     Calibration,
     CalibrationError,
     installed_torch_version,
@@ -62,6 +64,10 @@ REFERENCE_NETWORKS: tuple[tuple[str, str, list[str]], ...] = (
 )
 DEFAULT_BLOCKS_PER_STAGE = 24
 DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the fastest kept)
+# Upper bounds of the two knobs: far beyond a useful calibration (the default takes minutes), short of
+# one that fills memory with its plan or never ends.
+MAX_BLOCKS_PER_STAGE = 1000
+MAX_MIN_TIME = 60.0
 
 PartTimer = Callable[[PartShape], float]
 NetworkTimer = Callable[[object], float]  # a CMTSpec -> seconds per call
@@ -141,7 +147,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     networks; tests pass synthetic ones. A `timer` without a `network_timer`
     leaves the network factor at 1.
     """
-    from cmt_gen.latency.measure import BlockOptions, TorchPartTimer
+    from cmt_gen.latency.measure import TorchPartTimer
     from cmt_gen.profile.bench import run_environment
     from cmt_gen.profile.settings import resolve_settings
 
@@ -149,10 +155,13 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         raise CalibrationError(f"unknown form {form!r}; use {' or '.join(FORMS)}", field="form")
     blocks_per_stage = DEFAULT_BLOCKS_PER_STAGE if blocks_per_stage is None else blocks_per_stage
     min_time = DEFAULT_MIN_TIME if min_time is None else min_time
-    if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 3:
-        raise CalibrationError(f"must be a whole number >= 3, got {blocks_per_stage!r}", field="blocks")
-    if not (math.isfinite(min_time) and min_time >= 0):
-        raise CalibrationError(f"must be a number of seconds >= 0, got {min_time}", field="min_time")
+    if (isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int)
+            or not 3 <= blocks_per_stage <= MAX_BLOCKS_PER_STAGE):
+        raise CalibrationError(f"must be a whole number from 3 to {MAX_BLOCKS_PER_STAGE}, got {blocks_per_stage!r}",
+                               field="blocks")
+    if not (math.isfinite(min_time) and 0 <= min_time <= MAX_MIN_TIME):
+        raise CalibrationError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}",
+                               field="min_time")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
                                 allocator=allocator)
     plan = plan_parts(blocks_per_stage, seed)
@@ -161,7 +170,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         from cmt_gen.profile.env import fingerprint
 
         environment = fingerprint(settings.device)
-        device_timer = TorchPartTimer(settings, BlockOptions(), min_time=min_time, repeats=repeats, form=form)
+        device_timer = TorchPartTimer(settings, CalibratedBlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)
         # Timed in a shuffled order, so a burst of other load on the machine spreads over every kind
@@ -183,7 +192,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         models = fit_parts(measured, settings.batch_size)
         references = _reference_times(whole, models, settings.batch_size, progress, len(plan))
     ratios = sorted(r["measured_seconds"] / r["parts_seconds"] for r in references)
-    factor = ratios[len(ratios) // 2] if ratios else 1.0
+    factor = statistics.median(ratios) if ratios else 1.0
     return Calibration(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings={"device": settings.device, "device_type": settings.device_type, "precision": settings.precision,

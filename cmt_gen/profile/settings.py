@@ -181,7 +181,7 @@ def resolve_settings(request: ProfileRequest | None = None, /, **choices: Any) -
 
     allocator = resolve_policy(r.allocator, kind)
     if r.threads is not None:
-        _check_threads(r.threads)
+        check_threads(r.threads)
     min_time = defaults.min_time if r.min_time is None else float(r.min_time)
     repeats = defaults.repeats if r.repeats is None else r.repeats
     return ProfileSettings(
@@ -305,12 +305,15 @@ def _short(value: int) -> str:
     return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"
 
 
-def _check_threads(threads: int) -> None:
+def check_threads(threads: int, field: str = "threads") -> None:
+    """A thread count any command accepts: at least 1, at most 4 per core (beyond, threads only contend)."""
     import os
 
+    _positive(threads, field)
     cores = os.cpu_count() or 1
     if threads > 4 * cores:
-        raise CmtGenError(f"{threads} threads on {cores} cores would only measure contention", field="threads")
+        raise CmtGenError(f"{threads} threads on {cores} cores would only measure contention "
+                          f"(at most {4 * cores})", field=field)
 
 
 def _check_compile_mode(mode: str) -> None:
