@@ -117,19 +117,34 @@ def _run(argv: list[str] | None) -> int:
     except MemoryError:
         _print_error("out of memory: lower the resolution, widths or batch size")
         return 2
+    except OSError as exc:
+        if exc.filename is None:  # not about a path the user gave: a bug, said by the boundary below
+            return _internal_error(exc)
+        _print_error(f"{_short_path(exc.filename)}: {exc.strerror or exc}")  # name too long, no permission...
+        return 2
     except Exception as exc:  # noqa: BLE001 - the boundary: anything else is a bug, said in one line
         if type(exc).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
             _print_error(f"out of memory: {str(exc).splitlines()[0] if str(exc) else ''}; "
                          "lower the resolution, widths or batch size")
             return 2
-        if _debug:
-            import traceback
+        return _internal_error(exc)
 
-            traceback.print_exc()
-        where = "" if _debug else f"; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _print_error(f"internal error, a bug in cmt-gen: {type(exc).__name__}: {first[:300]}{where}")
-        return EXIT_INTERNAL
+
+def _internal_error(exc: BaseException) -> int:
+    if _debug:
+        import traceback
+
+        traceback.print_exc()
+    where = "" if _debug else f"; rerun with --debug (or {DEBUG_ENV}=1) for the traceback"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    _print_error(f"internal error, a bug in cmt-gen: {type(exc).__name__}: {first[:300]}{where}")
+    return EXIT_INTERNAL
+
+
+def _short_path(name: object) -> str:
+    """A path as given, cut to a readable length (the OS refuses names of thousands of characters)."""
+    text = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else str(name)
+    return text if len(text) <= 120 else f"{text[:60]}...{text[-40:]} ({len(text)} characters)"
 
 
 def _click_errors() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -21,6 +21,8 @@ class GuardedStream:
         self.failure: OSError | None = None
 
     def write(self, text: str) -> int:
+        if self._stream is None and self.failure is None:  # started with stdout closed (`cmt-gen list >&-`)
+            self.failure = OSError(errno.EBADF, "stdout is closed")
         if self.failure is None:
             try:
                 return self._stream.write(text)
@@ -32,7 +34,7 @@ class GuardedStream:
         return len(text)
 
     def flush(self) -> None:
-        if self.failure is None:
+        if self.failure is None and self._stream is not None:
             try:
                 self._stream.flush()
             except OSError as exc:

@@ -41,6 +41,7 @@ def make_arena(root: Path, checkpoints: Path | None = None) -> Path:
             handle.truncate(SPARSE_BYTES)
     shutil.copy(root / "tiny.yaml", root / "[red]file.yaml")  # a path that rich would read as markup
     (root / "profile.json").write_text('[{"name": "tiny", "images_per_s": 100.0}]\n')
+    (root / "huge_rate.json").write_text('[{"name": "tiny", "images_per_s": 1' + "0" * 400 + '}]\n')  # 10^400
     (root / "profile.png").write_text('[{"name": "tiny", "images_per_s": 100.0}]\n')  # JSON under a picture's name
     if checkpoints is not None:
         for item in checkpoints.iterdir():

@@ -147,6 +147,20 @@ CASES: list[tuple[str, list[str], int, str]] = [
     ("ckpt-fifo", ["build", "tiny.yaml", "--weights", "fifo.pt"], 2, "not a regular file"),
     ("ckpt-safetensors-int", ["build", "tiny.yaml", "--weights", "int32.safetensors"], 2,
      "int32.safetensors: stem.0.conv.weight: dtype int32"),
+    # ---- paths the OS refuses (round 2: once OSError, exit 70)
+    ("path-schema-name-300", ["schema", "-o", "a" * 300 + ".json"], 2, "File name too long"),
+    ("path-schema-4kb", ["schema", "-o", "b/" * 2100 + "x.json"], 2, "(4206 characters): File name too long"),
+    ("path-design-name-300", ["design", "--macs", "4G", "-o", "a" * 300 + ".yaml"], 2, "File name too long"),
+    ("path-export-name-300", ["export", "tiny.yaml", "-f", "torchscript", "-o", "a" * 300 + ".pt"], 2,
+     "File name too long"),
+    ("path-predict-calibration-300", ["predict", "tiny.yaml", "--calibration", "a" * 300 + ".json"], 2,
+     "File name too long"),
+    # ---- knobs of the newer commands (round 2)
+    ("knob-calibrate-billion-blocks", ["calibrate", "--blocks", "1000000000", "-o", "c.json"], 2, "from 3 to 1000"),
+    ("knob-calibrate-min-time-1e12", ["calibrate", "--min-time", "1e12", "-o", "c.json"], 2, "from 0 to 60"),
+    ("knob-export-threads-4096", ["export", "tiny.yaml", "-f", "torchscript", "-o", "m.pt", "--threads", "4096"],
+     2, "would only measure contention"),
+    ("knob-profile-billion-compare", ["compare", "tiny.yaml", "--profile", "huge_rate.json"], 2, "no record"),
 ]
 
 
@@ -189,7 +203,8 @@ def arena(tmp_path, monkeypatch, checkpoints):
 
 def test_corpus_has_every_class():
     prefixes = {case[0].split("-")[0] for case in CASES}
-    assert {"spec", "set", "design", "new", "sample", "profile", "check", "usage", "guard", "out", "ckpt"} <= prefixes
+    assert {"spec", "set", "design", "new", "sample", "profile", "check", "usage", "guard", "out", "ckpt",
+            "path", "knob"} <= prefixes
     assert len(CASES) >= 60
 
 

@@ -8,6 +8,7 @@ the limit fail with EFBIG, as on a full disk, once SIGXFSZ is ignored).
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import signal
 import subprocess
@@ -51,6 +52,14 @@ def test_full_device_on_stdout_is_one_line():
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "stdout" in lines[0] and "No space left" in lines[0], proc.stderr
+
+
+def test_closed_stdout_is_one_line():
+    """`cmt-gen list >&-`: Python starts with sys.stdout None; once an internal error and a traceback."""
+    proc = subprocess.run([*ENTRY, "list"], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                          env=subprocess_env(), timeout=60, preexec_fn=lambda: os.close(1))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: stdout: output lost: stdout is closed"], proc.stderr
 
 
 def test_ascii_only_stdout_escapes_what_it_cannot_encode():
