@@ -101,3 +101,22 @@ def test_colour_bar_title_comes_from_the_profile_file(tmp_path) -> None:
     path.write_text(json.dumps({"env": {"device_name": "Test CPU"}, "results": [record]}))
     result = compare_specs(["cmt_ti"], path)
     assert speed_title(result.throughput) == "measured images/s\ncpu (Test CPU), fp32"
+
+
+def test_speed_panel_line_runs_through_the_median_family_rate() -> None:
+    """Two profiled family members (an even count): the constant-MACs/s line takes the mean of the middle
+    two rates, as a median should, not the faster one."""
+    from cmt_gen.design.plotting import _pyplot
+    from cmt_gen.design.speed_panel import SpeedPanel, SpeedPoint, draw_speed_panel
+
+    family = [SpeedPoint("cmt_ti", 0.6e9, 100.0, True, True), SpeedPoint("cmt_xs", 1.5e9, 50.0, True, True)]
+    panel = SpeedPanel([*family, SpeedPoint("mine", 1e9, 70.0, True, False)], "test")  # 60 and 75 GMAC/s
+    plt = _pyplot()
+    fig, ax = plt.subplots()
+    try:
+        draw_speed_panel(ax, panel)
+        line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+        assert line.get_xdata()[0] * 1e9 * line.get_ydata()[0] == pytest.approx(67.5e9)
+        assert "67.5 GMAC/s" in line.get_label()
+    finally:
+        plt.close(fig)

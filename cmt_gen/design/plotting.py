@@ -199,7 +199,9 @@ def place_labels(fig, ax, labels: Sequence[Label], lines: Sequence[tuple[float, 
     """Greedy placement, required labels first: each takes the first offset where it stays inside the
     axes and touches no marker, line, leader or earlier label. A required label with no free spot takes
     the least crowded one; an optional one (other Table 2 models) is left out rather than overlap.
-    Labels placed away from their marker get a thin leader line, itself kept off other labels."""
+    Labels placed away from their marker get a thin leader line, itself kept off other labels.
+    Hand-written because a force-directed placer (adjustText 1.4, tried on these plots) left labels on
+    markers and on the family line, and cannot leave out an optional label it has no room for."""
     renderer = fig.canvas.get_renderer()
     scale = fig.dpi / 72.0
     markers = []

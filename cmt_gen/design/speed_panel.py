@@ -10,6 +10,7 @@ Drawn by `cmt_gen.design.plotting` when there are speeds to show.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,8 +77,7 @@ def draw_speed_panel(ax, panel: SpeedPanel) -> None:
         for p in family:
             ax.annotate(p.label, (p.macs / 1e9, p.images_per_s), xytext=(6, 4), textcoords="offset points",
                         fontsize=8, color="#1f4e99", fontweight="bold")
-        rates = sorted(p.macs * p.images_per_s for p in family)
-        macs_per_s = rates[len(rates) // 2]
+        macs_per_s = statistics.median(p.macs * p.images_per_s for p in family)
         xs = [min(p.macs for p in panel.points) / 1.5, max(p.macs for p in panel.points) * 1.5]
         ax.plot([x / 1e9 for x in xs], [macs_per_s / x for x in xs], "--", color="#8a8a8a", linewidth=1,
                 zorder=1, label=f"constant MACs/s ({macs_per_s / 1e9:.3g} GMAC/s)")

@@ -7,6 +7,7 @@ measurement differ only by the model's error and the machine's noise.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -89,11 +90,9 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
 
 def summary(rows: Sequence[PredictionRow], within: float = 0.10) -> dict:
     """Share of measured rows within +-`within`, and the median and worst absolute error."""
-    errors = sorted(abs(r.error) for r in rows if r.error is not None)
+    errors = [abs(r.error) for r in rows if r.error is not None]
     if not errors:
         return {"measured": 0}
-    mid = len(errors) // 2
-    median = errors[mid] if len(errors) % 2 else (errors[mid - 1] + errors[mid]) / 2
     return {"measured": len(errors), "within": within,
             "fraction_within": sum(e <= within for e in errors) / len(errors),
-            "median_abs_error": median, "worst_abs_error": errors[-1]}
+            "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
