@@ -63,8 +63,8 @@ def profile(
     allow_slow_precision: bool = typer.Option(False, "--allow-slow-precision",
                                               help="Measure fp16/bf16 even where the CPU only emulates it."),
     force: bool = typer.Option(False, "--force", help="Profile even when the estimated memory exceeds what is free."),
-    form: str = typer.Option("deploy", "--form", help="deploy (reparameterized, as shipped; default) or "
-                                                      "as-built (the training form)."),
+    form: str = typer.Option(None, "--form", help="deploy (reparameterized, as shipped; the default for "
+                                                  "inference) or as-built (the training form; always in train mode)."),
     backend: str = typer.Option(None, "--backend", help="eager (default), compile (torch.compile) or "
                                                         "onnxruntime (the exported deploy form, CPU)."),
     allocator: str = typer.Option("auto", "--allocator", help="Host memory: retain (glibc keeps freed "

@@ -130,11 +130,36 @@ def test_train_mode_runs_and_leaves_a_callers_module_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     result = profile_model(model, mode="train", **FAST, measure_peak=False)
     assert result.ok and result.settings["mode"] == "train"
+    assert result.settings["form"] == "as-built"  # what it measured (once recorded as deploy)
     assert result.latency_batch == 2  # train mode times whole steps at the training batch
     assert result.achieved_macs_per_s == pytest.approx(3 * result.macs_per_image * result.images_per_s)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not model.training
+
+
+def test_train_mode_refuses_the_deploy_form_by_name():
+    from cmt_gen.errors import CmtGenError
+    from cmt_gen.profile.settings import resolve_settings
+
+    with pytest.raises(CmtGenError, match="form: the deploy form is for inference"):
+        resolve_settings(device="cpu", mode="train", form="deploy")
+    assert resolve_settings(device="cpu", mode="train").form == "as-built"
+    assert resolve_settings(device="cpu").form == "deploy"
+
+
+@pytest.mark.slow
+def test_onnxruntime_backend_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Each model's exported file once stayed behind in a cmt-gen-ort-* folder of the temp dir."""
+    pytest.importorskip("onnxruntime")
+    import tempfile
+
+    from cmt_gen import profile_model
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = profile_model(tiny_spec_dict(), backend="onnxruntime", **FAST, measure_peak=False)
+    assert result.ok and result.settings["backend"] == "onnxruntime"
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_train_mode_really_steps_the_optimizer(monkeypatch):

@@ -85,11 +85,13 @@ def make_runner(model, target, settings, example) -> tuple[Callable, float | Non
         from cmt_gen.export.graph import InferenceGraph
 
         start = time.perf_counter()
-        folder = Path(tempfile.mkdtemp(prefix="cmt-gen-ort-"))
         graph = InferenceGraph(model).eval() if hasattr(model, "stages") else model.eval()
         stride = getattr(model, "total_stride", 32)
-        write_export("onnx", graph, example.float().cpu(), stride, folder / "model.onnx")
-        return load_runner("onnx", folder / "model.onnx", settings.threads), time.perf_counter() - start
+        # The session holds the whole (self-contained) model once created: the file goes on every exit path.
+        with tempfile.TemporaryDirectory(prefix="cmt-gen-ort-") as folder:
+            write_export("onnx", graph, example.float().cpu(), stride, Path(folder) / "model.onnx")
+            runner = load_runner("onnx", Path(folder) / "model.onnx", settings.threads)
+        return runner, time.perf_counter() - start
     if settings.compile:
         return compile_model(model, settings), None
     return model, None

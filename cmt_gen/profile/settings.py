@@ -79,7 +79,7 @@ class ProfileRequest:
     threads: int | None = None
     protocol: str | None = None
     allow_slow_precision: bool = False
-    form: str = "deploy"
+    form: str | None = None  # None: deploy for inference, as-built for training (the form it measures)
     backend: str | None = None
     allocator: str = "auto"
 
@@ -155,7 +155,10 @@ def resolve_settings(request: ProfileRequest | None = None, /, **choices: Any) -
         _check_compile_mode(r.compile_mode)
     from cmt_gen.profile.backends import BACKENDS, FORMS
 
-    form = _choice(r.form, FORMS, "form")
+    form = _choice(r.form, FORMS, "form") if r.form is not None else ("deploy" if mode == "infer" else "as-built")
+    if mode == "train" and form == "deploy":
+        raise CmtGenError("the deploy form is for inference (its norms are folded, its weights frozen); "
+                          "--mode train measures the as-built form", field="form")
     backend = _choice(r.backend, BACKENDS, "backend") if r.backend is not None else \
         ("compile" if compile else "eager")
     if compile and backend != "compile":
