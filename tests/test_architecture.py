@@ -177,3 +177,15 @@ def test_the_circle_finder_finds_a_lazy_circle(tmp_path: Path) -> None:
     path = tmp_path / "probe.py"
     path.write_text("def f():\n    from cmt_gen.model import layers\n")
     assert ("cmt_gen.model") in {t for _, t in _imports(path, "cmt_gen.deploy.probe")}
+
+
+def test_package_docstrings_name_their_own_layer() -> None:
+    """A package docstring that opens with its layer number keeps it equal to LAYERS (they drifted once)."""
+    import re
+
+    wrong = {}
+    for init in (REPO / "cmt_gen").glob("*/__init__.py"):
+        found = re.match(r'"""Layer (\d+)', init.read_text())
+        if found and int(found.group(1)) != LAYERS[init.parent.name]:
+            wrong[init.parent.name] = (int(found.group(1)), LAYERS[init.parent.name])
+    assert not wrong, f"docstring layer != LAYERS: {wrong}"

@@ -135,6 +135,7 @@ def test_export_prints_a_markup_name_as_written(cli, tmp_path) -> None:
 def test_export_refuses_what_would_not_fit_before_allocating(cli, tmp_path) -> None:
     r = cli("export", "cmt_ti", "--set", "resolution=4096", "--format", "torchscript", "-o", tmp_path / "big.pt")
     assert r.code == 2 and "GiB" in r.err and "available" in r.err and not list(tmp_path.iterdir())
+    assert "--force" not in r.err  # export has no --force to offer
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to stand in for a full disk")

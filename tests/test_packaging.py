@@ -30,6 +30,18 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert bundled == sorted(p.stem for p in (REPO / "specs").glob("*.yaml"))
     assert "cmt_gen/cli/app.py" in names
     assert not any(n.startswith(("cli/", "specs/", "tests/")) for n in names)
+    modules = {f"cmt_gen/{p.relative_to(REPO / 'cmt_gen').as_posix()}" for p in (REPO / "cmt_gen").rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))  # every module ships, not only the listed ones
+
+
+def test_every_subpackage_is_listed_for_setuptools() -> None:
+    """pyproject names the packages one by one; a new folder missing there is absent from every wheel."""
+    import re
+
+    text = (REPO / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(cmt_gen(?:\.\w+)?)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    folders = {"cmt_gen"} | {f"cmt_gen.{p.parent.name}" for p in (REPO / "cmt_gen").glob("*/__init__.py")}
+    assert folders <= listed, sorted(folders - listed)
 
 
 def test_bundled_dir_prefers_the_installed_copy(tmp_path: Path, monkeypatch) -> None:

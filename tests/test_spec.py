@@ -362,7 +362,8 @@ def test_extends_with_a_cost_change_drops_the_reference_and_records_it(tmp_path)
 
 @pytest.mark.parametrize("path, costs", [
     ("resolution", True), ("stages.2.depth", True), ("stem.channels", True), ("block.lpu", True),
-    ("name", False), ("block.attention", False), ("drop_path", False), ("head.dropout", False),
+    ("name", False), ("block.attention", False), ("block.gelu_approximation", False), ("drop_path", False),
+    ("head.dropout", False),
     ("reference.params", False), ("budget.macs", False), ("provenance", False),
 ])
 def test_affects_cost(path, costs):

@@ -80,7 +80,7 @@ def leave_inference_mode(module: nn.Module) -> None:
     """Replace every parameter and buffer of `module` made under inference_mode by a normal copy,
     so a deploy form built inside `torch.inference_mode()` runs as one built outside: only a
     normal tensor has the version counter the packed-weight and bias caches follow updates by.
-    Every layer's rewrite ends with it (`deploy.reparameterize_layer`)."""
+    Every layer's rewrite ends with it (`hook.Reparameterizable.reparameterize`)."""
     with torch.inference_mode(False):
         for m in module.modules():
             for name, p in m._parameters.items():

@@ -1,1 +1,1 @@
-"""Layer 6, new variants: scaling, budget constraints, search, sampling, comparison and plots."""
+"""Layer 8, new variants: scaling, budget constraints, search, sampling, comparison and plots."""

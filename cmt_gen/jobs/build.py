@@ -52,12 +52,15 @@ def save_weights(model, path: Path) -> None:
         save_file(state, str(tmp))
 
 
-def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool = False) -> None:
-    """Refuse, from the analytic count alone, a build whose forward pass would not fit in memory."""
+def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool | None = False) -> None:
+    """Refuse, from the analytic count alone, a build whose forward pass would not fit in memory.
+
+    `force` None: the command has no --force to offer (export), so the message does not offer it."""
     from cmt_gen.cost.memory_guard import check_fits
 
+    alternative = "lower the resolution or the widths" + (", or pass --force" if force is not None else "")
     check_fits(spec, spec.resolution, spec.resolution, batch, action="building and running it", mode="infer",
-               alternative="lower the resolution or the widths, or pass --force", field="build", force=force)
+               alternative=alternative, field="build", force=bool(force))
 
 
 def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,

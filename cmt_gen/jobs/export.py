@@ -60,7 +60,7 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
     if not tolerance > 0:
         raise CmtGenError(f"tolerance must be positive, got {tolerance}", field="--tolerance")
     output = check_output_target(output, inputs=[*inputs, weights])
-    check_build_fits(spec, batch=2)  # the export's own forward passes, refused before any allocation
+    check_build_fits(spec, batch=2, force=None)  # the export's own forward passes, refused before any allocation
     model = build_model(spec).eval()
     if weights is not None:
         load_checkpoint(model, weights)

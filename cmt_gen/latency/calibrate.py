@@ -48,7 +48,7 @@ def _per_stage(field: str, values: tuple) -> list[str]:
     return [f"stages.{i}.{field}={v}" for i, v in enumerate(values)]
 
 
-# Whole networks timed for the network factor: the family as released plus reshaped ones (narrower and
+# Whole networks timed for the network factor: CMT-Ti and CMT-XS as released plus reshaped ones (narrower and
 # wider stages, low and high expansion, other depths and sizes), so the factor is a median over the
 # kinds of networks `design` and `sample` produce, not over three of one family only.
 REFERENCE_NETWORKS: tuple[tuple[str, str, list[str]], ...] = (

@@ -1,1 +1,2 @@
-"""Layer 3, the torch network: layers, the CMT module and `build_model`, checkpoint conversion."""
+"""Layer 5, the trained torch network: layers, the CMT module and `build_model`, checkpoint conversion
+(its deploy form is `cmt_gen.deploy`)."""

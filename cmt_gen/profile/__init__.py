@@ -1,1 +1,1 @@
-"""Layer 5, measurement on the device at hand: settings, timing, memory, peers and the runner."""
+"""Layer 7, measurement on the device at hand: settings, timing, memory, peers and the runner."""

@@ -13,7 +13,7 @@ from typing import Any
 
 from cmt_gen.errors import SpecError
 from cmt_gen.spec.bundled import bundled_path, looks_like_path, unknown_name_rule
-from cmt_gen.spec.schema import CMTSpec
+from cmt_gen.spec.schema import BlockOptions, CMTSpec
 from cmt_gen.spec.validation import validate_spec
 from cmt_gen.spec.yaml_reader import parse_yaml_text, read_yaml_file
 
@@ -22,10 +22,11 @@ MAX_OVERRIDE_PARTS = 16  # a field path is a few names deep; thousands would onl
 
 # Fields whose change leaves parameters and MACs as they are: a spec changed only
 # here still describes the paper's network, so its reference figures stay.
+# A block option says so in the schema (`cost_neutral`), so adding one touches no list here.
 COST_NEUTRAL_FIELDS = {
-    "name", "description", "provenance", "reference", "budget", "drop_path",
-    "head.dropout", "block.attention", "extends",
-}
+    "name", "description", "provenance", "reference", "budget", "drop_path", "head.dropout", "extends",
+} | {f"block.{name}" for name, field in BlockOptions.model_fields.items()
+     if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("cost_neutral")}
 
 
 

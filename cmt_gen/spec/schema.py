@@ -101,12 +101,14 @@ class HeadSpec(_Strict):
 
 
 class BlockOptions(_Strict):
-    attention: AttentionImpl = AttentionImpl.fused
+    # cost_neutral: params and MACs stay as they are, so a derived spec keeps its reference (spec.loading)
+    attention: AttentionImpl = Field(AttentionImpl.fused, json_schema_extra={"cost_neutral": True})
     lpu: Bool = Field(True, description="Local perception unit (depthwise 3x3 + residual).")
     reduction_kind: ReductionKind = ReductionKind.dwconv_bn
     position_bias: PositionBias = PositionBias.stage
     gelu_approximation: GeluApproximation = Field(
-        GeluApproximation.none, description="GELU of the IRFFN: none (exact erf, released) or tanh.")
+        GeluApproximation.none, description="GELU of the IRFFN: none (exact erf, released) or tanh.",
+        json_schema_extra={"cost_neutral": True})
 
 
 class Reference(_Strict):
@@ -212,7 +214,7 @@ class CMTSpec(_Strict):
     head: HeadSpec = HeadSpec()
     drop_path: Float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate of the last block.")
     qkv_bias: Bool = True
-    block: BlockOptions = BlockOptions()  # also what every layer, cost and rewrite takes as `options`
+    block: BlockOptions = BlockOptions()  # also what the block-level layers and their costs take as `options`
     reference: Reference | None = None
     provenance: list[str] = Field(default_factory=list)
     budget: Budget | None = None
