@@ -314,6 +314,17 @@ def test_bad_profile_file(tmp_path):
         load_profile(path)
 
 
+def test_predictions_are_not_read_as_measurements(tmp_path):
+    """predict --json rows were once shown by compare --profile as measured speeds."""
+    path = tmp_path / "predicted.json"
+    path.write_text(json.dumps([{"name": "cmt_s", "source": "predicted", "images_per_s": 99.0}]))
+    with pytest.raises(CmtGenError, match="holds predictions"):
+        load_profile(path)
+    path.write_text(json.dumps([{"name": "cmt_s", "source": "predicted", "images_per_s": 99.0,
+                                 "measured_images_per_s": 42.0}]))  # predict --measure: the measured figure
+    assert load_profile(path)["cmt_s"].images_per_second == 42.0
+
+
 def test_table2_points_include_the_cmt_family():
     names = {p.name for p in table2_points()}
     assert {"CMT-Ti", "CMT-XS", "CMT-S", "CMT-B"} <= names

@@ -153,6 +153,7 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
     if _depth(data, MAX_PROFILE_DEPTH) > MAX_PROFILE_DEPTH:
         raise ProfileError(f"JSON nests deeper than {MAX_PROFILE_DEPTH} levels", source=str(path))
     found: dict[str, Throughput] = {}
+    predictions = 0
     env = data.get("env") if isinstance(data, Mapping) and isinstance(data.get("env"), Mapping) else {}
     for record in _records(data):
         if record.get("error"):
@@ -160,7 +161,11 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
         name = next((record[k] for k in NAME_KEYS if isinstance(record.get(k), str)), None)
         if name is None and isinstance(record.get("spec"), Mapping):
             name = record["spec"].get("name")
-        speed = next((s for s in (_number(record.get(k)) for k in THROUGHPUT_KEYS) if s is not None), None)
+        if record.get("source") == "predicted":  # cmt-gen predict's rows: only what --measure measured counts
+            predictions += 1
+            speed = _number(record.get("measured_images_per_s"))
+        else:
+            speed = next((s for s in (_number(record.get(k)) for k in THROUGHPUT_KEYS) if s is not None), None)
         if name is None or speed is None:
             continue
         settings = record.get("settings") if isinstance(record.get("settings"), Mapping) else {}
@@ -174,6 +179,9 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
         if known is None or speed > known.images_per_second:
             found[_norm(name)] = Throughput(speed, details, device, settings.get("precision") or
                                             record.get("precision"))
+    if not found and predictions:
+        raise ProfileError("holds predictions (cmt-gen predict), not measurements: use cmt-gen profile --json, "
+                           "or predict --measure", source=str(path))
     if not found:
         raise ProfileError("no record with a spec name and images_per_s (or images_per_second, throughput)",
                            source=str(path))

@@ -38,7 +38,9 @@ class PredictionRow:
         return self.prediction.images_per_s / self.measured_images_per_s - 1
 
     def as_dict(self) -> dict:
-        row = {"name": self.name, "latency_ms": self.prediction.latency_ms,
+        # `source`: these figures are a calibration's predictions; readers of measurements (compare --profile)
+        # take only the measured ones.
+        row = {"name": self.name, "source": "predicted", "latency_ms": self.prediction.latency_ms,
                "images_per_s": self.prediction.images_per_s, "batch_size": self.prediction.batch_size,
                "macs": self.macs, "params": self.params, "resolution": self.spec.resolution}
         if self.measured_images_per_s is not None:
