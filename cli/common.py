@@ -23,8 +23,9 @@ def _console(stderr: bool = False) -> Console:
 console = _console()
 err_console = _console(stderr=True)
 
-# C0 and C1 controls, DEL, line/paragraph separators and bidi overrides: never sent to the terminal raw.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Control and invisible characters (zero-width spaces and joiners, direction marks, BOM, soft hyphen): shown as
+# escapes, so two names that differ only there do not print alike.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\xad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
 
 
 def one_line(text: object) -> str:

@@ -25,6 +25,15 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def _mode_for(path: Path) -> int:
+    """An overwritten file keeps its permissions (a private 0600 output stays private); a new one gets
+    what open() would give it."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return default_file_mode()
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -89,7 +98,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, default_file_mode())  # mkstemp made it private (0600)
+        os.chmod(tmp, _mode_for(path))  # mkstemp made it private (0600)
         os.replace(tmp, path)
     except CmtGenError:
         raise

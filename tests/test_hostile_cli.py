@@ -254,6 +254,14 @@ def test_control_characters_are_shown_escaped(cli, arena, argv):
     assert "ansi\\x1b[31mred\\u202eflip" in result.out
 
 
+def test_invisible_characters_in_a_name_are_shown(cli, arena):
+    """A zero-width space once printed raw, so "tiny" and "ti\u200bny" looked the same."""
+    (arena / "zw.yaml").write_text((arena / "tiny.yaml").read_text().replace("name: tiny", "name: ti\u200bny"))
+    result = cli("validate", "zw.yaml")
+    assert result.code == 0, result.err
+    assert "\u200b" not in result.out and "ti\\u200bny" in result.out
+
+
 def test_control_characters_in_an_error_stay_on_one_line(cli, arena):
     result = run_refused(cli, arena, ["validate", "bad\x1b[2Jname\nnext"], 2, "no bundled spec")
     assert "\x1b" not in result.err and "\\x1b[2J" in result.err and "\\n" in result.err

@@ -388,6 +388,9 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as a plain open() would create it
+    target.chmod(0o600)
+    write_atomic(target, "third\n")  # an overwritten private output stays private (it once became 0644)
+    assert target.stat().st_mode & 0o777 == 0o600 and target.read_text() == "third\n"
 
 
 def test_write_atomic_failure_keeps_the_old_file(tmp_path, monkeypatch):
