@@ -86,6 +86,8 @@ def test_difference_over_tolerance_exits_1(cli, tiny_spec_file, tmp_path) -> Non
     (["--format", "torchscript", "--tolerance", "0"], "--tolerance: tolerance must be positive"),
     (["--format", "torchscript", "--threads", "0"], "--threads: must be a whole number >= 1"),
     (["--format", "torchscript", "--threads", "4096"], "would only measure contention"),
+    (["--format", "torchscript", "--tolerance", "nan"], "--tolerance: tolerance must be positive and at most 1"),
+    (["--format", "torchscript", "--tolerance", "inf"], "--tolerance: tolerance must be positive and at most 1"),
 ])
 def test_bad_flags_exit_2(cli, tiny_spec_file, tmp_path, args, message) -> None:
     r = cli("export", tiny_spec_file, "-o", tmp_path / "x.pt", *args)
@@ -154,3 +156,18 @@ def test_a_full_disk_is_one_clear_error_and_leaves_nothing(tiny_spec_file, tmp_p
     with pytest.raises(CmtGenError, match="cannot write: No space left on device"):
         export_spec(load_spec(tiny_spec_file), "torchscript", out)
     assert list(out.parent.iterdir()) == []
+
+
+def test_non_finite_weights_are_a_user_mistake_not_an_export_defect(cli, tiny_spec_file, tmp_path) -> None:
+    """`export --weights nan.pt --json` once exited 1 ("exceeds tolerance") and wrote a bare NaN into JSON."""
+    from cmt_gen import build_model
+
+    model = build_model(load_spec(str(tiny_spec_file)))
+    state = model.state_dict()
+    state["head.fc.weight"] = torch.full_like(state["head.fc.weight"], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    out = tmp_path / "out" / "m.pt"
+    out.parent.mkdir()
+    r = cli("export", tiny_spec_file, "-f", "torchscript", "-o", out, "--weights", tmp_path / "nan.pt", "--json")
+    assert r.code == 2 and r.err.count("\n") == 1 and "NaN" in r.err, r.err
+    assert r.out == "" and list(out.parent.iterdir()) == []

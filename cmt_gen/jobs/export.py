@@ -57,8 +57,9 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
 
     if fmt not in FORMATS:
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
-    if not tolerance > 0:
-        raise CmtGenError(f"tolerance must be positive, got {tolerance}", field="--tolerance")
+    if not 0 < tolerance <= 1:  # NaN fails both
+        raise CmtGenError(f"tolerance must be positive and at most 1 (relative to the largest output), got "
+                          f"{tolerance}", field="--tolerance")
     output = check_output_target(output, inputs=[*inputs, weights])
     check_build_fits(spec, batch=2, force=None)  # the export's own forward passes, refused before any allocation
     model = build_model(spec).eval()
@@ -70,6 +71,9 @@ def export_spec(spec, fmt: str, output: Path, weights: Path | None = None,
     inputs = [torch.randn(s) for s in sizes]
     with torch.inference_mode():
         expected = [reference(x) for x in inputs]
+    if not all(torch.isfinite(y).all() for y in expected):  # a user's weights, not an export defect
+        raise CmtGenError("the model's forward pass produces non-finite values, so no export can be checked "
+                          "against it", source=str(weights) if weights is not None else spec.name)
     model.reparameterize()
     graph = InferenceGraph(model).eval()
     write_export(fmt, graph, inputs[0], model.total_stride, Path(output))
