@@ -524,3 +524,21 @@ def test_training_the_deploy_form_is_refused() -> None:
     x = torch.randn(1, 3, 64, 64, requires_grad=True)
     by_layer(x).sum().backward()  # the input still gets its gradient (saliency, attacks)
     assert x.grad is not None
+
+
+def test_the_deploy_form_follows_writes_through_data() -> None:
+    """`p.data.copy_(new)` moves no version counter; the packed weights and cached biases once kept the
+    old values (outputs off by 2.1 relative). A sample of each weight's bytes now notices."""
+    torch.manual_seed(0)
+    deployed = trained_looking(build_model(tiny_spec_dict()).eval()).reparameterize()
+    sizes = [torch.randn(2, 3, 64, 64), torch.randn(1, 3, 96, 128)]  # the second resamples (and caches) the bias
+    with torch.inference_mode():
+        for x in sizes:
+            deployed(x)  # packs and bias caches made
+    with torch.no_grad():
+        for p in deployed.parameters():
+            p.data.copy_(p.data * 1.5 + 0.01)
+    fresh = copy.deepcopy(deployed)  # new parameter objects: nothing cached for them
+    with torch.inference_mode():
+        for x in sizes:
+            assert relative_gap(deployed(x), fresh(x)) < REL_TOL

@@ -8,6 +8,7 @@ from torch import nn
 
 from cmt_gen.deploy import onednn
 from cmt_gen.deploy.folding import fold_affine_before, parameter
+from cmt_gen.deploy.value_probe import value_probe
 from cmt_gen.ops import capture
 from cmt_gen.ops.position_bias import resample_position_bias
 
@@ -116,8 +117,11 @@ class BiasAtSize:
         if (h, w) == tuple(self.grid) and bias.dtype == dtype:
             return bias
         source = (bias.data_ptr(), bias._version)  # new weights (load_state_dict, copy_) make the cache stale
-        if getattr(self, "_bias_source", None) != source:
+        probe = getattr(self, "_bias_probe", None)  # ...and so do writes through .data (see value_probe)
+        if getattr(self, "_bias_source", None) != source or (probe is not None and probe[0]() != probe[1]):
             self._bias_cache, self._bias_source = {}, source
+            reader = value_probe(bias)
+            self._bias_probe = (reader, reader()) if reader is not None else None
         key = (h, w, dtype, bias.device)
         if key not in self._bias_cache:
             with torch.no_grad():

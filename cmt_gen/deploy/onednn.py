@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from cmt_gen.deploy.value_probe import value_probe
 from cmt_gen.ops import capture
 
 ACTIVATIONS = ("none", "gelu", "gelu_tanh", "swish")
@@ -186,9 +187,9 @@ def conv_case_ok(case: tuple) -> bool:
 
 # ---------------------------------------------------------------- packed weights
 
-# id(weight) -> (weak reference to the weight, what its values are, {input key: packed weight});
-# see `_cached_pack`.
-_PACKED: dict[int, tuple[weakref.ref, tuple, dict[object, torch.Tensor]]] = {}
+# id(weight) -> (weak reference to the weight, what its values are, {input key: packed weight},
+# (value probe, the bytes it read when packed) or None); see `_cached_pack`.
+_PACKED: dict[int, tuple[weakref.ref, tuple, dict[object, torch.Tensor], tuple | None]] = {}
 INPUT_KEYS_KEPT = 2  # packs per weight: the throughput batch and batch 1, say
 
 
@@ -199,7 +200,9 @@ def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], tor
     The pack is keyed by the weight object, its version counter and its storage,
     dtype and device, so an in-place update (`load_state_dict`, `copy_`), new
     data behind the same parameter (`model.to(torch.bfloat16)`, `.data = ...`)
-    or a new weight repacks, and it is dropped with the weight. It costs one
+    or a new weight repacks, and it is dropped with the weight. A write through
+    `.data` moves no version counter; a sample of the weight's bytes catches it
+    (`value_probe`). It costs one
     more copy of the weight per input key kept. A weight created under
     inference_mode has no version counter, so it is used unpacked (the deploy
     rewrite gives its weights version counters however it was called).
@@ -209,8 +212,9 @@ def _cached_pack(weight: torch.Tensor, input_key: object, pack: Callable[[], tor
     key = id(weight)
     state = (weight._version, weight.data_ptr(), weight.dtype, weight.device)
     entry = _PACKED.get(key)
-    if entry is None or entry[0]() is not weight or entry[1] != state:
-        entry = (weakref.ref(weight), state, {})
+    if entry is None or entry[0]() is not weight or entry[1] != state or (entry[3] and entry[3][0]() != entry[3][1]):
+        probe = value_probe(weight)  # writes through .data move no version counter (see value_probe)
+        entry = (weakref.ref(weight), state, {}, (probe, probe()) if probe else None)
         if key not in _PACKED:
             weakref.finalize(weight, _PACKED.pop, key, None)
         _PACKED[key] = entry
