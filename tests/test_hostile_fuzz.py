@@ -137,3 +137,95 @@ def test_fuzz_profile_results_read_by_compare(cli, arena, payload):
     (arena / "random.json").write_text(json.dumps(payload))
     _check(cli, arena, ["compare", "tiny.yaml", "--profile", "random.json"])
     (arena / "random.json").unlink()
+
+
+# ---------------------------------------------------------------- readers of calibration and results files
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10 ** 400), max_value=10 ** 400),
+              st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20)),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def calibration_text() -> str:
+    from test_latency import BATCH, FACTOR, fake_timer
+
+    from cmt_gen.latency.calibrate import calibrate
+    from cmt_gen.latency.features import spec_parts
+
+    cal = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, timer=fake_timer,
+                    network_timer=lambda spec: FACTOR * sum(n * fake_timer(p) for p, n in spec_parts(spec)))
+    return cal.to_json()
+
+
+def _leaf_paths(data, prefix=()):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _leaf_paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _leaf_paths(value, (*prefix, i))
+    yield prefix
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_calibration_with_any_value_anywhere_is_valid_or_one_clear_error(calibration_text, tmp_path_factory,
+                                                                            data):
+    """Whatever a hand-edited calibration holds, loading it gives a usable model (finite, positive
+    predictions) or a CalibrationError; never another exception."""
+    import json
+    import math
+
+    from cmt_gen.latency.calibration_file import CalibrationError, load_calibration
+    from cmt_gen.latency.predict import predict_latency
+
+    doc = json.loads(calibration_text)
+    paths = [p for p in _leaf_paths(doc) if p]
+    path = data.draw(st.sampled_from(paths))
+    value = data.draw(json_values)
+    target = doc
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    file = tmp_path_factory.mktemp("cal") / "cal.json"
+    file.write_text(json.dumps(doc))
+    try:
+        cal = load_calibration(file)
+    except CalibrationError as exc:
+        assert "\n" not in str(exc)
+        return
+    try:
+        prediction = predict_latency("cmt_ti", cal)
+    except CalibrationError:
+        return  # e.g. block options that the spec does not have
+    assert math.isfinite(prediction.latency_ms) and prediction.latency_ms > 0
+    assert math.isfinite(prediction.images_per_s) and prediction.images_per_s > 0
+
+
+profile_records = st.lists(st.fixed_dictionaries(
+    {"name": st.sampled_from(["cmt_s", "cmt_ti", "", "x"]), "images_per_s": json_values},
+    optional={"source": st.sampled_from(["predicted", "measured"]), "measured_images_per_s": json_values,
+              "error": json_values, "settings": json_values}), max_size=4)
+
+
+@FUZZ
+@given(doc=st.one_of(json_values, profile_records))
+def test_a_profile_file_with_any_json_is_read_or_one_clear_error(tmp_path_factory, doc):
+    import json
+    import math
+
+    from cmt_gen.design.compare import load_profile
+    from cmt_gen.errors import CmtGenError
+
+    file = tmp_path_factory.mktemp("profile") / "p.json"
+    file.write_text(json.dumps(doc))
+    try:
+        found = load_profile(file)
+    except CmtGenError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert all(math.isfinite(t.images_per_second) and t.images_per_second > 0 for t in found.values())
