@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from conftest import LAYOUT_FILE, REPO, tiny_spec_dict
+from conftest import LAYOUT_FILE, REPO, malicious_checkpoints, tiny_spec_dict
 from reference_forward import random_official_state_dict
 from test_deploy import trained_looking
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_data_config
+from timm.models import model_entrypoint
 
 import cmt_gen.timm as cmt_timm
 from cmt_gen import build_model, convert_official_state_dict
-from cmt_gen.errors import CmtGenError
+from cmt_gen.errors import CheckpointError, CmtGenError
 
 RESOLUTION = {"cmt_ti": 160, "cmt_xs": 192, "cmt_s": 224, "cmt_b": 256, "cmt_l": 288}
 RELEASE_FILE = {"cmt_ti": "cmt_tiny.pth", "cmt_xs": "cmt_xs.pth", "cmt_s": "cmt_small.pth", "cmt_b": "cmt_base.pth"}
@@ -272,8 +274,106 @@ def test_pretrained_with_another_head_and_channels_keeps_the_backbone(tmp_path):
 
 def test_a_checkpoint_of_another_variant_is_refused(tmp_path):
     path, _ = _released_checkpoint(tmp_path, "cmt_ti")
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(CheckpointError, match=r"does not fit the spec's model; missing \d+: .*; wrong shape \d+: "):
         timm.create_model("cmt_xs", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+# ---------------------------------------------------------------- checkpoints timm refuses as `build --weights` does
+
+Q = "stages.1.blocks.0.attn.q.weight"  # (24, 24) in the tiny spec
+
+
+def _broken(state: dict[str, torch.Tensor], case: str) -> dict[str, torch.Tensor]:
+    state = dict(state)
+    if case == "int8":
+        state["stem.0.conv.weight"] = state["stem.0.conv.weight"].to(torch.int8)
+    elif case == "nan":
+        state[Q] = state[Q].clone()
+        state[Q][3, 0] = float("nan")
+    elif case == "inf":
+        state["stem.1.norm.running_var"] = torch.tensor([float("inf"), -float("inf")] + [1.0] * 6)
+    elif case == "float-counter":
+        state["stem.0.norm.num_batches_tracked"] = torch.tensor(3.0)
+    elif case == "missing":
+        del state[Q]
+    elif case == "unexpected":
+        state["stages.0.extra"] = torch.zeros(1)
+    elif case == "wrong-shape":
+        state[Q] = torch.zeros(3, 3)
+    return state
+
+
+BROKEN = {  # case: (field, rule) of the CLI's error
+    "int8": ("stem.0.conv.weight", "dtype int8; a weight of the model is a floating-point tensor"),
+    "nan": (Q, "holds 1 NaN or infinite value; a weight of the model is finite"),
+    "inf": ("stem.1.norm.running_var", "holds 2 NaN or infinite values; a weight of the model is finite"),
+    "float-counter": ("stem.0.norm.num_batches_tracked", "dtype float32; this buffer holds whole numbers (int64)"),
+    "missing": (None, f"checkpoint does not fit the spec's model; missing 1: {Q}"),
+    "unexpected": (None, "checkpoint does not fit the spec's model; unexpected 1: stages.0.extra"),
+    "wrong-shape": (None, f"checkpoint does not fit the spec's model; wrong shape 1: {Q} (checkpoint (3, 3), "
+                          "model (24, 24))"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_every_timm_path_refuses_what_build_weights_refuses_with_its_message(tmp_path, tiny_spec_file, cli, case):
+    """Before, an int8 or NaN checkpoint loaded silently through timm (cast, or non-strictly once the head
+    was dropped); now each path runs the CLI's checks, from the same functions."""
+    state = _broken(_tiny().state_dict(), case)
+    path = tmp_path / f"{case}.pt"
+    torch.save({"model": state}, path)
+    result = cli("build", tiny_spec_file, "--weights", path)
+    field, rule = BROKEN[case]
+    message = f"{path}: {field}: {rule}" if field else f"{path}: {rule}"
+    assert result.code == 2 and f"error: {message}" in result.err
+    loads = {
+        "file": lambda: timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))),
+        "file, another head": lambda: timm.create_model(TINY, pretrained=True, num_classes=5,
+                                                        pretrained_cfg_overlay=dict(file=str(path))),
+        "file, one channel": lambda: timm.create_model(TINY, pretrained=True, in_chans=1,
+                                                       pretrained_cfg_overlay=dict(file=str(path))),
+        "features": lambda: timm.create_model(TINY, pretrained=True, features_only=True,
+                                              pretrained_cfg_overlay=dict(file=str(path))),
+        "state_dict": lambda: timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state)),
+        "checkpoint_path": lambda: timm.create_model(TINY, checkpoint_path=str(path)),
+        "load_checkpoint": lambda: timm.models.load_checkpoint(_tiny(), str(path)),
+    }
+    for how, load in loads.items():
+        with pytest.raises(CheckpointError) as info:
+            load()
+        assert (info.value.field, info.value.rule) == (field, rule), how
+        expected_source = {"state_dict": "pretrained_cfg state_dict", "checkpoint_path": None,
+                           "load_checkpoint": None}.get(how, str(path))
+        assert info.value.source == expected_source, how
+
+
+def test_timm_still_adapts_the_head_and_stem_of_a_good_checkpoint(tmp_path):
+    """What timm adapts passes the checks: a head of another class count when num_classes differs
+    (dropped), a stem of the cfg's three channels for in_chans=1 (folded); the rest loads exactly."""
+    source = _tiny(num_classes=11).state_dict()
+    path = tmp_path / "eleven.pt"
+    torch.save(source, path)
+    model = timm.create_model(TINY, pretrained=True, num_classes=5, in_chans=1,
+                              pretrained_cfg_overlay=dict(file=str(path)))
+    state = model.state_dict()
+    assert state["head.fc.weight"].shape == (5, 40) and state["stem.0.conv.weight"].shape[1] == 1
+    kept = [k for k in source if not k.startswith(("head.fc", "stem.0.conv.weight"))]
+    assert kept and all(torch.equal(state[k], source[k]) for k in kept)
+    with pytest.raises(CheckpointError, match=r"wrong shape 2: head.fc.weight \(checkpoint \(11, 40\), model \(10"):
+        timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))  # the cfg's 10
+
+
+def test_timm_reads_a_weights_file_as_the_cli_does(tmp_path):
+    """timm 1.0.3 unpickles a `file=` checkpoint fully: the payload would run. It is read weights-only
+    first, and a folder gets the CLI's one line."""
+    marker, paths = malicious_checkpoints(tmp_path)
+    for path in paths:
+        with pytest.raises(CheckpointError, match="refused: not a weights-only checkpoint") as info:
+            timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        assert info.value.source == str(path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="is a folder; a checkpoint is a .pt, .pth or .safetensors file"):
+        timm.create_model(TINY, pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
 
 
 # ---------------------------------------------------------------- user specs
@@ -285,15 +385,61 @@ def test_register_spec_from_a_file(tiny_spec_file):
     cfg = model.pretrained_cfg
     assert cfg["input_size"] == (3, 64, 64) and cfg["architecture"] == "my_tiny_cmt" and not cfg["url"]
     assert model(_x()).shape == (2, 3)
-    assert cmt_timm.register_spec(tiny_spec_file, name="my_tiny_cmt") == "my_tiny_cmt"  # again: replaced
+    with pytest.raises(CmtGenError, match="'my_tiny_cmt', a CMT registered before; pass overwrite=True"):
+        cmt_timm.register_spec(tiny_spec_file, name="my_tiny_cmt")
+    assert cmt_timm.register_spec(tiny_spec_file, name="my_tiny_cmt", overwrite=True) == "my_tiny_cmt"
 
 
-@pytest.mark.parametrize("name, fragment", [("resnet50", "timm already has a model named 'resnet50'"),
-                                            ("my cmt", "not a usable timm model name")])
-def test_register_spec_refuses_names_it_cannot_own(name, fragment):
+def test_a_spec_that_extends_a_bundled_one_does_not_replace_it_silently():
+    """Before, `extends: cmt_s` without a name replaced the released CMT-S (and its URL) in timm."""
+    before = model_entrypoint("cmt_s"), timm.models.get_pretrained_cfg("cmt_s").url
+    with pytest.raises(CmtGenError) as info:
+        cmt_timm.register_spec({"extends": "cmt_s", "stages": {2: {"depth": 18}}})
+    assert str(info.value) == ("cmt_s: name: timm already has 'cmt_s', a bundled CMT; pass overwrite=True to "
+                               "replace it, or give the spec its own name")
+    assert (model_entrypoint("cmt_s"), timm.models.get_pretrained_cfg("cmt_s").url) == before
+    assert before[1].endswith("cmt_small.pth") and "cmt_s.in1k" in timm.list_pretrained("cmt_s*")
+    with pytest.raises(CmtGenError, match=f"timm already has '{TINY}', a CMT registered before"):
+        cmt_timm.register_spec(tiny_spec_dict(name=TINY))
+
+
+def test_overwrite_replaces_a_registered_cmt_without_a_warning():
+    cmt_timm.register_spec(tiny_spec_dict(name="cmt_test_overwrite"), overwrite=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cmt_timm.register_spec(tiny_spec_dict(name="cmt_test_overwrite", num_classes=4), overwrite=True)
+    model = timm.create_model("cmt_test_overwrite")
+    assert model.num_classes == 4 and model.pretrained_cfg["num_classes"] == 4
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("name, fragment", [
+    ("resnet50", "timm already has a model named 'resnet50'; pass another name="),
+    ("my cmt", "not a usable timm model name"),
+    ("my_cmt\n", "not a usable timm model name"),
+    ("my_\u200bcmt", "not a usable timm model name"),
+    ("my_cmt\u200b", "not a usable timm model name"),
+    ("", "not a usable timm model name"),
+    ("1cmt", "not a usable timm model name"),
+    ("cmt_s.in1k", "not a usable timm model name"),
+])
+def test_register_spec_refuses_names_it_cannot_own(name, fragment, overwrite):
+    """Another family's model is never replaced, overwrite or not: other code builds it by that name."""
+    entrypoint = model_entrypoint("resnet50")
     with pytest.raises(CmtGenError, match=fragment) as info:
-        cmt_timm.register_spec(tiny_spec_dict(), name=name)
-    assert info.value.field == "name"
+        cmt_timm.register_spec(tiny_spec_dict(), name=name, overwrite=overwrite)
+    assert info.value.field == "name" and "\n" not in str(info.value)
+    assert model_entrypoint("resnet50") is entrypoint
+    assert name == "resnet50" or name not in timm.list_models()
+
+
+def test_star_import_works_after_a_later_registration():
+    """timm appends each registered name to the registering module's __all__; a name there that is no
+    attribute of the module would break `from cmt_gen.timm import *`."""
+    name = cmt_timm.register_spec(tiny_spec_dict(name="cmt_test_star"), overwrite=True)
+    namespace: dict = {}
+    exec("from cmt_gen.timm import *", namespace)
+    assert name not in cmt_timm.__all__ and "register_spec" in namespace and name not in namespace
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -8,9 +8,6 @@ package, never the reverse, so there is no import circle. timm's
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import ClassVar
-
 from torch import nn
 
 from cmt_gen.deploy.attention_kernels import check_kernel
@@ -20,7 +17,8 @@ from cmt_gen.deploy.folding import leave_inference_mode
 class Reparameterizable:
     """Mixin of the trained layers that have a deploy form."""
 
-    deploy_rewrite: ClassVar[Callable[[nn.Module, str | None], None]]
+    # Each class sets `deploy_rewrite = staticmethod(f)`, f(layer, kernel). Not annotated here: TorchScript
+    # before torch 2.3 reads a scripted module's class annotations and fails on a ClassVar written as text.
 
     def reparameterize(self, attention_kernel: str | None = None) -> None:
         """Rewrite this layer in place into its deploy form: same outputs, less work.

@@ -147,10 +147,11 @@ def _check_checkpoint_file(path: Path) -> None:
 
 def check_tensors(state_dict: Mapping[object, object], own: Mapping[str, torch.Tensor],
                   source: str | None) -> None:
-    """Names are strings, values tensors, and each weight of the model gets a floating-point tensor.
+    """Names are strings, values tensors, and each weight of the model gets a finite floating-point tensor.
 
     A checkpoint of integers, booleans or complex numbers would load "successfully" through
-    torch's silent casts; it is never the model's weights.
+    torch's silent casts; it is never the model's weights. NaN or infinity in a weight would
+    only show up later as a non-finite output, far from its cause.
     """
     for key, value in state_dict.items():
         if not isinstance(key, str):
@@ -169,6 +170,19 @@ def check_tensors(state_dict: Mapping[object, object], own: Mapping[str, torch.T
                                                  or value.dtype == torch.bool):
             raise CheckpointError(f"dtype {str(value.dtype).removeprefix('torch.')}; this buffer holds whole numbers "
                                   f"({str(expected.dtype).removeprefix('torch.')})", source=source, field=key)
+        if value.is_floating_point() and value.device.type != "meta":
+            bad = _count_non_finite(value)
+            if bad:
+                raise CheckpointError(f"holds {bad} NaN or infinite value{'s' if bad > 1 else ''}; a weight of the "
+                                      "model is finite", source=source, field=key)
+
+
+def _count_non_finite(value: torch.Tensor) -> int:
+    try:
+        finite = torch.isfinite(value)
+    except (RuntimeError, NotImplementedError):  # some float8 kinds have no isfinite kernel
+        finite = torch.isfinite(value.to(torch.float32))
+    return int(value.numel() - finite.sum())
 
 
 # The line of torch's refusal that says what the pickle asked for (a global, an opcode).
@@ -186,10 +200,13 @@ def _load_failure(exc: Exception) -> str:
     return f"unreadable as a checkpoint ({first[:200]})"
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                           source: str | None = None) -> None:
-    """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once."""
-    own = model.state_dict()
+def our_layout(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+               source: str | None = None) -> Mapping[str, torch.Tensor]:
+    """The checkpoint under our names (the released layout converted), its tensors checked before and after.
+
+    Every loader calls this before it adapts or loads anything (`load_state_dict_strict`, timm's
+    `pretrained=True`), so a file is refused the same way, with the same message, on every path.
+    """
     check_tensors(state_dict, own, source)
     if is_official_layout(state_dict):
         try:
@@ -197,6 +214,12 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         except CheckpointError as exc:
             raise CheckpointError(exc.rule, source=source) from None
         check_tensors(state_dict, own, source)  # dtypes, now under our names
+    return state_dict
+
+
+def check_fit(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+              source: str | None = None) -> None:
+    """Every key of the model, no other, each of its shape; one line lists all missing, unexpected, mis-shaped."""
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [
@@ -213,6 +236,14 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         if shapes:
             lines.append(f"wrong shape {len(shapes)}: {_preview(shapes, 4)}")
         raise CheckpointError("checkpoint does not fit the spec's model; " + "; ".join(lines), source=source)
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
+                           source: str | None = None) -> None:
+    """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once."""
+    own = model.state_dict()
+    state_dict = our_layout(state_dict, own, source)
+    check_fit(state_dict, own, source)
     model.load_state_dict(state_dict, strict=True)
 
 
