@@ -55,6 +55,15 @@ def test_onnx_roundtrip_through_onnxruntime(cli, tiny_spec_file, tmp_path) -> No
     session = ort.InferenceSession(str(alone), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"images": torch.randn(1, 3, 64, 64).numpy()})[0]
     assert logits.shape == (1, 10)
+    # The graph's IRFFN runs as NCHW convolutions (DeployIRFFN._forward_nchw); the round trip above held
+    # it to the eager deploy form at two sizes. Per block: the LPU's, the K/V reduction's and the IRFFN's three.
+    import onnx
+
+    from cmt_gen import build_model
+
+    ops = [node.op_type for node in onnx.load(str(alone)).graph.node]
+    blocks = sum(len(stage.blocks) for stage in build_model(load_spec(str(tiny_spec_file))).stages)
+    assert ops.count("Conv") >= 3 * blocks
 
 
 def test_exported_weights_are_the_loaded_ones(tiny_spec_file, tmp_path) -> None:

@@ -148,17 +148,37 @@ def test_train_mode_refuses_the_deploy_form_by_name():
     assert resolve_settings(device="cpu").form == "deploy"
 
 
-@pytest.mark.slow
-def test_onnxruntime_backend_leaves_no_temporary_folder(tmp_path, monkeypatch):
-    """Each model's exported file once stayed behind in a cmt-gen-ort-* folder of the temp dir."""
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("fails", [False, True])
+def test_onnxruntime_backend_leaves_no_temporary_folder(tmp_path, monkeypatch, fails):
+    """Each model's exported file once stayed behind in a cmt-gen-ort-* folder of the temp dir; now it goes
+    once the session holds the model, and when the export or the load fails. (The export itself is
+    tested in test_export.py; here it is a stand-in, so the test takes no ONNX export's time.)"""
     import tempfile
 
-    from cmt_gen import profile_model
+    from cmt_gen import build_model
+    from cmt_gen.export import formats
+    from cmt_gen.profile import backends
+    from cmt_gen.profile.settings import resolve_settings
+
+    def write(fmt, graph, example, stride, path):
+        Path(path).write_bytes(b"stand-in")
+
+    def load(fmt, path, threads=None):
+        if fails:
+            raise RuntimeError("onnxruntime could not load it")
+        return lambda x: x
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    result = profile_model(tiny_spec_dict(), backend="onnxruntime", **FAST, measure_peak=False)
-    assert result.ok and result.settings["backend"] == "onnxruntime"
+    monkeypatch.setattr(formats, "write_export", write)
+    monkeypatch.setattr(formats, "load_runner", load)
+    settings = resolve_settings(device="cpu", backend="onnxruntime", threads=1)
+    model = build_model(tiny_spec_dict()).eval()
+    if fails:
+        with pytest.raises(RuntimeError, match="could not load"):
+            backends.make_runner(model, None, settings, torch.randn(1, 3, 64, 64))
+    else:
+        runner, seconds = backends.make_runner(model, None, settings, torch.randn(1, 3, 64, 64))
+        assert seconds is not None and seconds >= 0
     assert list(tmp_path.iterdir()) == []
 
 
