@@ -51,7 +51,8 @@ def build(
     if as_json:
         emit_json({**summary.as_dict(), "built_params": result.params,
                    "output_shape": list(result.output_shape), "forward_seconds": result.forward_seconds,
-                   "weights": result.weights_loaded, "saved_to": result.saved_to})
+                   "weights": result.weights_loaded, "weights_note": result.weights_note,
+                   "saved_to": result.saved_to})
         return
     console.print(
         f"built [bold]{literal(resolved.name)}[/]: {result.params:,} parameters "
@@ -59,6 +60,8 @@ def build(
     )
     if result.weights_loaded:
         console.print(f"loaded weights strictly from {literal(result.weights_loaded)}")
+    if result.weights_note:
+        console.print(f"note: {literal(result.weights_note)}")
     console.print(f"forward pass on a dummy batch: output {tuple(result.output_shape)} "
                   f"in {result.forward_seconds * 1000:.0f} ms")
     if result.saved_to:

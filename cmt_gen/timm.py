@@ -49,6 +49,7 @@ except ImportError as exc:
     raise CmtGenError(f"timm is installed but cmt_gen.timm cannot use it ({exc}); it needs timm >= 1.0.3 "
                       "with a torchvision built for this torch", source="cmt_gen.timm") from exc
 
+from cmt_gen.model.bias_resize import resize_position_biases
 from cmt_gen.model.convert import check_fit, our_layout, read_checkpoint, unwrap_checkpoint
 from cmt_gen.model.network import CMT
 from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
@@ -70,7 +71,7 @@ class TimmCMT(CMT):
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         own = self.state_dict()
-        state_dict = our_layout(state_dict, own)
+        state_dict = _resized(our_layout(state_dict, own), own)
         if strict:
             check_fit(state_dict, own)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -120,21 +121,45 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: torch.nn
         if mine is not None and theirs is not None and theirs.ndim == mine.ndim == 4 \
                 and theirs.shape[1] == source_chans and _but_channels(theirs) == _but_channels(mine):
             own[key] = theirs  # timm folds or repeats these input channels into `in_chans`
+    state_dict = _resized(state_dict, own)
     check_fit(state_dict, own, source)
+    return state_dict
+
+
+def _resized(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Position biases trained at another resolution, resampled to the model's (`img_size`), with a warning
+    that says so (timm resamples a ViT's position embeddings on load the same way)."""
+    state_dict, note = resize_position_biases(state_dict, own)
+    if note:
+        warnings.warn(note, UserWarning, stacklevel=3)
     return state_dict
 
 
 def cmt_from_kwargs(spec: CMTSpec, num_classes: int | None = None, in_chans: int | None = None,
                     drop_rate: float | None = None, drop_path_rate: float | None = None,
-                    global_pool: str = "avg") -> TimmCMT:
-    """The `model_cls` timm's builder calls: timm's keyword arguments become spec overrides."""
+                    global_pool: str = "avg", img_size: int | tuple[int, int] | None = None) -> TimmCMT:
+    """The `model_cls` timm's builder calls: timm's keyword arguments become spec overrides.
+
+    `img_size` (timm's name for the input resolution; square, an int or an equal pair) sets the spec's
+    resolution: the stages' grids and position biases follow, and released weights load into it with
+    their biases resampled."""
     overrides = {key: value for key, value in (
         ("num_classes", num_classes), ("in_channels", in_chans),
-        ("head.dropout", drop_rate), ("drop_path", drop_path_rate),
+        ("head.dropout", drop_rate), ("drop_path", drop_path_rate), ("resolution", _side(img_size)),
     ) if value is not None}
     if overrides:
         spec = load_spec(spec_to_dict(spec), overrides)
     return TimmCMT(spec, global_pool=global_pool)
+
+
+def _side(img_size: int | tuple[int, int] | list[int] | None) -> int | None:
+    if img_size is None or isinstance(img_size, int):
+        return img_size
+    sides = tuple(img_size)
+    if len(sides) != 2 or sides[0] != sides[1]:
+        raise CmtGenError(f"img_size={img_size!r}: a CMT spec has one square resolution; pass an int or (n, n)",
+                          field="resolution")
+    return sides[0]
 
 
 def _check_weights_file(name: str, kwargs: Mapping[str, Any]) -> None:
@@ -151,12 +176,19 @@ def create_cmt(name: str, pretrained: bool = False, **kwargs: Any) -> torch.nn.M
     spec = _SPECS[name]
     if pretrained:
         _check_weights_file(name, kwargs)
-    return build_model_with_cfg(
+    model = build_model_with_cfg(
         cmt_from_kwargs, name, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(out_indices=tuple(range(len(spec.stages))), flatten_sequential=True),
         spec=spec, **kwargs,
     )
+    side = _side(kwargs.get("img_size"))
+    if side is not None and isinstance(getattr(model, "pretrained_cfg", None), Mapping):
+        # timm's data config reads input_size from here: the size the model was built for, not the release's
+        cfg = dict(model.pretrained_cfg)
+        cfg["input_size"] = (tuple(cfg.get("input_size") or (3,))[0], side, side)
+        model.pretrained_cfg = model.default_cfg = cfg
+    return model
 
 
 def _timm_cfg(spec: CMTSpec) -> dict[str, Any]:

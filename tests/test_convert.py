@@ -253,3 +253,36 @@ def test_cmt_xs_matches_the_functional_reference(official_layout, attention):
 @pytest.mark.parametrize("name", ["cmt_s", "cmt_b"])
 def test_large_variants_match_the_functional_reference(official_layout, name, attention):
     _equivalence(official_layout, name, attention, batch=1, seed=31)
+
+
+def test_a_checkpoint_at_another_resolution_loads_with_its_biases_resampled(tmp_path) -> None:
+    """A 160 px CMT-Ti checkpoint into a spec at 256 (build --set resolution=256 --weights) was refused on
+    the bias shapes; it now loads, says so, and gives what the 160 px model gives for 256 px inputs
+    (which resamples the same biases at run time)."""
+    import torch
+
+    from cmt_gen import build_model, load_spec
+    from cmt_gen.model.convert import load_checkpoint
+
+    torch.manual_seed(0)
+    small = build_model(load_spec("cmt_ti")).eval()
+    torch.save(small.state_dict(), tmp_path / "ti160.pt")
+    big = build_model(load_spec("cmt_ti", ["resolution=256"])).eval()
+    note = load_checkpoint(big, tmp_path / "ti160.pt")
+    assert note == ("resampled 4 position biases (bicubic) from the checkpoint's resolution 160 to 256, as the "
+                    "model does for inputs of another size")
+    assert load_checkpoint(small, tmp_path / "ti160.pt") is None  # same size: nothing to say
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        assert torch.allclose(big(x), small(x), rtol=1e-5, atol=1e-5)
+
+
+def test_build_says_when_it_resampled_the_biases(cli, tmp_path) -> None:
+    import torch
+
+    from cmt_gen import build_model, load_spec
+
+    torch.save(build_model(load_spec("cmt_ti")).state_dict(), tmp_path / "ti160.pt")
+    result = cli("build", "cmt_ti", "--set", "resolution=192", "--weights", tmp_path / "ti160.pt")
+    assert result.code == 0, result.err
+    assert "note: resampled 4 position biases (bicubic) from the checkpoint's resolution 160 to 192" in result.out

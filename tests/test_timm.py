@@ -549,3 +549,21 @@ def test_fvcore_counts_a_deploy_form_as_timm_benchmark_does():
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     assert analysis.total() > 0
+
+
+def test_img_size_builds_at_that_resolution_and_resamples_released_biases(tmp_path) -> None:
+    """`create_model("cmt_s", img_size=256)` raised TypeError; timm's models take img_size, and loading
+    weights trained at another size resamples their position embeddings (here: position biases)."""
+    torch.manual_seed(0)
+    small = timm.create_model("cmt_ti").eval()
+    torch.save({"model": small.state_dict()}, tmp_path / "ti160.pth")
+    model = timm.create_model("cmt_ti", img_size=(256, 256))
+    assert model.spec.resolution == 256 and resolve_data_config(model=model)["input_size"] == (3, 256, 256)
+    with pytest.warns(UserWarning, match="resampled 4 position biases .* resolution 160 to 256"):
+        loaded = timm.create_model("cmt_ti", img_size=256, pretrained=True,
+                                   pretrained_cfg_overlay=dict(file=str(tmp_path / "ti160.pth"))).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.inference_mode():
+        assert torch.allclose(loaded(x), small(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(CmtGenError, match="one square resolution"):
+        timm.create_model("cmt_ti", img_size=(256, 192))

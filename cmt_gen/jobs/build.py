@@ -20,6 +20,7 @@ class BuildResult:
     forward_seconds: float
     weights_loaded: str | None
     saved_to: str | None
+    weights_note: str | None = None  # position biases resampled from the checkpoint's resolution
 
 
 def check_output_path(output: str | Path | None, inputs: Iterable[str | Path | None] = ()) -> Path | None:
@@ -74,8 +75,7 @@ def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Pa
 
     out_path = check_output_path(output)
     model = build_model(spec)
-    if weights is not None:
-        load_checkpoint(model, weights)
+    note = load_checkpoint(model, weights) if weights is not None else None
     model.eval()
     x = torch.randn(batch, spec.in_channels, spec.resolution, spec.resolution)
     start = time.perf_counter()
@@ -87,4 +87,4 @@ def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Pa
     if out_path is not None:
         save_weights(model, out_path)
     return BuildResult(count_parameters(model), tuple(y.shape), seconds,
-                       str(weights) if weights else None, str(out_path) if out_path else None)
+                       str(weights) if weights else None, str(out_path) if out_path else None, note)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from cmt_gen.errors import CheckpointError
+from cmt_gen.model.bias_resize import resize_position_biases
 
 _STAGE = {"a": 0, "b": 1, "c": 2, "d": 3}
 
@@ -239,14 +240,19 @@ def check_fit(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Te
 
 
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                           source: str | None = None) -> None:
-    """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once."""
+                           source: str | None = None) -> str | None:
+    """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once.
+
+    Position biases trained at another resolution are resampled to the model's; the returned line
+    says so (None when nothing was resampled)."""
     own = model.state_dict()
-    state_dict = our_layout(state_dict, own, source)
+    state_dict, note = resize_position_biases(our_layout(state_dict, own, source), own)
     check_fit(state_dict, own, source)
     model.load_state_dict(state_dict, strict=True)
+    return note
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Read a checkpoint (ours or the released layout) and load it strictly into `model`."""
-    load_state_dict_strict(model, read_checkpoint(path), source=str(path))
+def load_checkpoint(model: nn.Module, path: str | Path) -> str | None:
+    """Read a checkpoint (ours or the released layout) and load it strictly into `model`; returns the
+    line saying which position biases were resampled to the model's resolution, or None."""
+    return load_state_dict_strict(model, read_checkpoint(path), source=str(path))
