@@ -31,21 +31,24 @@ def build(
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
     weights: Path = typer.Option(None, "--weights", help="Checkpoint to load strictly (ours or the released layout)."),
     output: Path = typer.Option(None, "--output", "-o", help="Save the weights (.pt, or .safetensors)."),
+    layout: str = typer.Option("cmt-gen", "--layout", help="Key names of the saved weights: cmt-gen (ours) or "
+                                                            "released (the authors' cmt.py), to share a model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of tables."),
     force: bool = typer.Option(False, "--force", help="Build even when the estimated memory exceeds what is free."),
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.cost.summary import summarize
-    from cmt_gen.jobs.build import check_build_fits, check_output_path, run_build
+    from cmt_gen.jobs.build import check_build_fits, check_layout, check_output_path, run_build
     from cmt_gen.spec.loading import load_spec, spec_files
 
+    check_layout(layout)
     resolved = load_spec(spec, overrides)
     check_output_path(output, inputs=[*spec_files(spec), weights])
     check_build_fits(resolved, force=force)  # before any output: a refusal is the only line printed
     summary = summarize(resolved)
     if not as_json:
         print_stage_table(summary)
-    result = run_build(resolved, weights=weights, output=output, force=force)
+    result = run_build(resolved, weights=weights, output=output, force=force, layout=layout)
     if result.params != summary.cost.params:  # the two descriptions must never drift
         raise RuntimeError(f"built model has {result.params} parameters, analytic count {summary.cost.params}")
     if as_json:
@@ -65,7 +68,8 @@ def build(
     console.print(f"forward pass on a dummy batch: output {tuple(result.output_shape)} "
                   f"in {result.forward_seconds * 1000:.0f} ms")
     if result.saved_to:
-        console.print(f"saved weights to {literal(result.saved_to)}")
+        console.print(f"saved weights to {literal(result.saved_to)}"
+                      + (" in the authors' released layout" if layout == "released" else ""))
 
 
 def print_stage_table(summary) -> None:

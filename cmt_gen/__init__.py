@@ -14,6 +14,7 @@ _EXPORTS = {
     "SpecError": "cmt_gen.errors",
     "build_model": "cmt_gen.model.network",
     "convert_official_state_dict": "cmt_gen.model.convert",
+    "released_state_dict": "cmt_gen.model.convert",
     "load_checkpoint": "cmt_gen.model.convert",
     "analytic_cost": "cmt_gen.cost.analytic",
     "measured_cost": "cmt_gen.check.measured",

@@ -286,3 +286,41 @@ def test_build_says_when_it_resampled_the_biases(cli, tmp_path) -> None:
     result = cli("build", "cmt_ti", "--set", "resolution=192", "--weights", tmp_path / "ti160.pt")
     assert result.code == 0, result.err
     assert "note: resampled 4 position biases (bicubic) from the checkpoint's resolution 160 to 192" in result.out
+
+
+def test_released_layout_both_ways_keeps_every_key_and_tensor(official_layout, tmp_path, cli) -> None:
+    """Ours -> the authors' names -> ours is the identity, and the authors' names are exactly their
+    checkpoint's keys and shapes (tests/data), so a fine-tuned model can be shared with code that loads
+    theirs; `build --weights ours.pt -o theirs.pth --layout released` writes it."""
+    import torch
+
+    from cmt_gen import build_model, load_spec
+    from cmt_gen.model.convert import convert_official_state_dict, released_state_dict
+
+    model = build_model(load_spec("cmt_ti"))
+    ours = model.state_dict()
+    theirs = released_state_dict(ours)
+    layout = official_layout["cmt_ti"]["state_dict"]
+    assert {k: tuple(v.shape) for k, v in theirs.items()} == {k: tuple(s) for k, s in layout.items()}
+    back = convert_official_state_dict(theirs)
+    assert back.keys() == ours.keys() and all(back[k] is ours[k] for k in ours)
+
+    torch.save(ours, tmp_path / "ours.pt")
+    result = cli("build", "cmt_ti", "--weights", tmp_path / "ours.pt", "-o", tmp_path / "theirs.pth",
+                 "--layout", "released")
+    assert result.code == 0 and "in the authors' released layout" in result.out, result.err
+    saved = torch.load(tmp_path / "theirs.pth", weights_only=True)
+    assert set(saved) == {"model"} and set(saved["model"]) == set(layout)
+    again = cli("build", "cmt_ti", "--weights", tmp_path / "theirs.pth", "-o", tmp_path / "ours_again.pt")
+    assert again.code == 0, again.err
+    reloaded = torch.load(tmp_path / "ours_again.pt", weights_only=True)
+    assert all(torch.equal(reloaded[k], ours[k]) for k in ours)
+
+
+def test_a_network_the_released_layout_cannot_hold_is_refused(cli, tmp_path) -> None:
+    result = cli("build", "cmt_ti", "--set", "block.position_bias=block", "-o", tmp_path / "x.pth",
+                 "--layout", "released")
+    assert result.code == 2 and "no place in the released CMT layout" in result.err and result.err.count("\n") == 1
+    assert not (tmp_path / "x.pth").exists()
+    bad = cli("build", "cmt_ti", "-o", tmp_path / "x.pth", "--layout", "theirs")
+    assert bad.code == 2 and "--layout: unknown layout 'theirs'" in bad.err

@@ -34,13 +34,26 @@ def check_output_path(output: str | Path | None, inputs: Iterable[str | Path | N
     return path
 
 
-def save_weights(model, path: Path) -> None:
-    """Atomically write a state dict as .pt or .safetensors."""
+LAYOUTS = ("cmt-gen", "released")
+
+
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise CmtGenError(f"unknown layout {layout!r}; use {' or '.join(LAYOUTS)}", field="--layout")
+    return layout
+
+
+def save_weights(model, path: Path, layout: str = "cmt-gen") -> None:
+    """Atomically write a state dict as .pt or .safetensors, under our names or the authors' (`released`:
+    the keys of their `cmt.py`, nested under "model" in a .pt as their checkpoints are)."""
     import torch
 
     from cmt_gen.files import atomic_output
+    from cmt_gen.model.convert import released_state_dict
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if check_layout(layout) == "released":
+        state = released_state_dict(state)
     if path.suffix.lower() == ".safetensors":
         try:
             from safetensors.torch import save_file
@@ -49,8 +62,9 @@ def save_weights(model, path: Path) -> None:
                               source=str(path)) from None
     else:
         save_file = torch.save
+    payload = {"model": state} if layout == "released" and save_file is torch.save else state
     with atomic_output(path) as tmp:
-        save_file(state, str(tmp))
+        save_file(payload, str(tmp))
 
 
 def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool | None = False) -> None:
@@ -65,8 +79,10 @@ def check_build_fits(spec: CMTSpec, batch: int = 2, force: bool | None = False) 
 
 
 def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Path | None = None,
-              batch: int = 2, force: bool = False) -> BuildResult:
-    """Build, load, run one forward pass on a dummy batch, save; refuses what would not fit in memory."""
+              batch: int = 2, force: bool = False, layout: str = "cmt-gen") -> BuildResult:
+    """Build, load, run one forward pass on a dummy batch, save (in `layout`); refuses what would not fit in
+    memory. With `weights` in either layout and `layout="released"`, this converts a checkpoint both ways."""
+    check_layout(layout)
     check_build_fits(spec, batch, force)
     import torch
 
@@ -85,6 +101,6 @@ def run_build(spec: CMTSpec, weights: str | Path | None = None, output: str | Pa
     if not torch.isfinite(y).all():
         raise CmtGenError("the forward pass produced non-finite values", source=spec.name)
     if out_path is not None:
-        save_weights(model, out_path)
+        save_weights(model, out_path, layout)
     return BuildResult(count_parameters(model), tuple(y.shape), seconds,
                        str(weights) if weights else None, str(out_path) if out_path else None, note)

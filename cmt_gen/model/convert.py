@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -18,47 +18,71 @@ from torch import nn
 from cmt_gen.errors import CheckpointError
 from cmt_gen.model.bias_resize import resize_position_biases
 
-_STAGE = {"a": 0, "b": 1, "c": 2, "d": 3}
-
-# (official pattern, ours); `{s}` is filled with the stage index of the letter.
+# One table for both directions: (released name, ours). A `{field}` is one part of a name: `stage` is a
+# letter a-d there and an index 0-3 here, `unit` a stem layer 1-3 there and 0-2 here; the rest are copied.
 _RULES: list[tuple[str, str]] = [
-    (r"^relative_pos_([a-d])$", "stages.{s}.position_bias"),
-    (r"^stem_conv([1-3])\.(weight|bias)$", "stem.{n}.conv.{0}"),
-    (r"^stem_norm([1-3])\.(.+)$", "stem.{n}.norm.{0}"),
-    (r"^patch_embed_([a-d])\.proj\.(.+)$", "stages.{s}.downsample.conv.{0}"),
-    (r"^patch_embed_([a-d])\.norm\.(.+)$", "stages.{s}.downsample.norm.{0}"),
-    (r"^blocks_([a-d])\.(\d+)\.proj\.(.+)$", "stages.{s}.blocks.{0}.lpu.conv.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.(norm1|norm2)\.(.+)$", "stages.{s}.blocks.{0}.{1}.{2}"),
-    (r"^blocks_([a-d])\.(\d+)\.attn\.(q|k|v|proj)\.(.+)$", "stages.{s}.blocks.{0}.attn.{1}.{2}"),
-    (r"^blocks_([a-d])\.(\d+)\.attn\.sr\.0\.(.+)$", "stages.{s}.blocks.{0}.attn.reduce.conv.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.attn\.sr\.1\.(.+)$", "stages.{s}.blocks.{0}.attn.reduce.norm.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv1\.0\.(.+)$", "stages.{s}.blocks.{0}.ffn.expand.conv.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv1\.2\.(.+)$", "stages.{s}.blocks.{0}.ffn.expand.norm.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.proj\.(.+)$", "stages.{s}.blocks.{0}.ffn.local.conv.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.proj_bn\.(.+)$", "stages.{s}.blocks.{0}.ffn.local.norm.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv2\.0\.(.+)$", "stages.{s}.blocks.{0}.ffn.project.conv.{1}"),
-    (r"^blocks_([a-d])\.(\d+)\.mlp\.conv2\.1\.(.+)$", "stages.{s}.blocks.{0}.ffn.project.norm.{1}"),
-    (r"^_fc\.(.+)$", "head.conv.{0}"),
-    (r"^_bn\.(.+)$", "head.norm.{0}"),
-    (r"^head\.(weight|bias)$", "head.fc.{0}"),
+    ("relative_pos_{stage}", "stages.{stage}.position_bias"),
+    ("stem_conv{unit}.{param}", "stem.{unit}.conv.{param}"),
+    ("stem_norm{unit}.{rest}", "stem.{unit}.norm.{rest}"),
+    ("patch_embed_{stage}.proj.{rest}", "stages.{stage}.downsample.conv.{rest}"),
+    ("patch_embed_{stage}.norm.{rest}", "stages.{stage}.downsample.norm.{rest}"),
+    ("blocks_{stage}.{block}.proj.{rest}", "stages.{stage}.blocks.{block}.lpu.conv.{rest}"),
+    ("blocks_{stage}.{block}.{norm}.{rest}", "stages.{stage}.blocks.{block}.{norm}.{rest}"),
+    ("blocks_{stage}.{block}.attn.{linear}.{rest}", "stages.{stage}.blocks.{block}.attn.{linear}.{rest}"),
+    ("blocks_{stage}.{block}.attn.sr.0.{rest}", "stages.{stage}.blocks.{block}.attn.reduce.conv.{rest}"),
+    ("blocks_{stage}.{block}.attn.sr.1.{rest}", "stages.{stage}.blocks.{block}.attn.reduce.norm.{rest}"),
+    ("blocks_{stage}.{block}.mlp.conv1.0.{rest}", "stages.{stage}.blocks.{block}.ffn.expand.conv.{rest}"),
+    ("blocks_{stage}.{block}.mlp.conv1.2.{rest}", "stages.{stage}.blocks.{block}.ffn.expand.norm.{rest}"),
+    ("blocks_{stage}.{block}.mlp.proj.{rest}", "stages.{stage}.blocks.{block}.ffn.local.conv.{rest}"),
+    ("blocks_{stage}.{block}.mlp.proj_bn.{rest}", "stages.{stage}.blocks.{block}.ffn.local.norm.{rest}"),
+    ("blocks_{stage}.{block}.mlp.conv2.0.{rest}", "stages.{stage}.blocks.{block}.ffn.project.conv.{rest}"),
+    ("blocks_{stage}.{block}.mlp.conv2.1.{rest}", "stages.{stage}.blocks.{block}.ffn.project.norm.{rest}"),
+    ("_fc.{rest}", "head.conv.{rest}"),
+    ("_bn.{rest}", "head.norm.{rest}"),
+    ("head.{param}", "head.fc.{param}"),
 ]
-_COMPILED = [(re.compile(p), t) for p, t in _RULES]
+# field -> (pattern in the released name, pattern in ours, released value -> ours, ours -> released)
+_FIELDS: dict[str, tuple[str, str, Callable[[str], str], Callable[[str], str]]] = {
+    "stage": ("[a-d]", "[0-3]", lambda v: str("abcd".index(v)), lambda v: "abcd"[int(v)]),
+    "unit": ("[1-3]", "[0-2]", lambda v: str(int(v) - 1), lambda v: str(int(v) + 1)),
+    "block": (r"\d+", r"\d+", str, str),
+    "norm": ("norm1|norm2", "norm1|norm2", str, str),
+    "linear": ("q|k|v|proj", "q|k|v|proj", str, str),
+    "param": ("weight|bias", "weight|bias", str, str),
+    "rest": (".+", ".+", str, str),
+}
+
+
+def _compile(template: str, side: int) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    return re.compile("^" + "".join(re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_FIELDS[part][side]})"
+                                    for i, part in enumerate(parts)) + "$")
+
+
+_TO_OURS = [(_compile(theirs, 0), ours) for theirs, ours in _RULES]
+_TO_RELEASED = [(_compile(ours, 1), theirs) for theirs, ours in _RULES]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern[str], str]], side: int) -> str | None:
+    for pattern, template in rules:
+        match = pattern.match(key)
+        if match:
+            return template.format(**{k: _FIELDS[k][2 + side](v) for k, v in match.groupdict().items()})
+    return None
 
 
 def convert_official_key(key: str) -> str:
     """Our name for one key of a released checkpoint; raises CheckpointError if unknown."""
-    for pattern, template in _COMPILED:
-        match = pattern.match(key)
-        if not match:
-            continue
-        groups = list(match.groups())
-        fields: dict[str, object] = {}
-        if template.startswith("stages.{s}"):
-            fields["s"] = _STAGE[groups.pop(0)]
-        elif template.startswith("stem.{n}"):
-            fields["n"] = int(groups.pop(0)) - 1
-        return template.format(*groups, **fields)
-    raise CheckpointError(f"key {key!r} is not part of the released CMT layout")
+    ours = _rename(key, _TO_OURS, 0)
+    if ours is None:
+        raise CheckpointError(f"key {key!r} is not part of the released CMT layout")
+    return ours
+
+
+def released_key(key: str) -> str | None:
+    """The released layout's name for one of our keys; None where that layout has no place for it
+    (a position bias per block, an avgpool or conv_ln reduction, a fifth stage...)."""
+    return _rename(key, _TO_RELEASED, 1)
 
 
 def is_official_layout(state_dict: Mapping[str, object]) -> bool:
@@ -79,6 +103,23 @@ def convert_official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[
             f"{len(unknown)} keys are not part of the released CMT layout: {_preview(unknown)}"
         )
     return converted
+
+
+def released_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our keys under the authors' names (`stages.0.blocks.0.attn.reduce.conv.weight` ->
+    `blocks_a.0.attn.sr.0.weight`), for code that loads the released layout; refuses a network the
+    released layout cannot describe."""
+    renamed, homeless = {}, []
+    for key, value in state_dict.items():
+        theirs = released_key(key)
+        if theirs is None:
+            homeless.append(key)
+        else:
+            renamed[theirs] = value
+    if homeless:
+        raise CheckpointError(f"{len(homeless)} keys have no place in the released CMT layout (it holds the "
+                              f"released block options and four stages): {_preview(homeless)}")
+    return renamed
 
 
 def _preview(keys: list[str], limit: int = 6) -> str:
