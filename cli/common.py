@@ -172,3 +172,72 @@ def _readable_classes():
 
 
 ReadableCommand, ReadableGroup = _readable_classes()
+
+
+THREADS_HELP = "Intra-op threads (default: the cores free of other work, as profile picks them)."
+
+
+def use_threads(threads: int | None) -> int:
+    """Set torch's threads for a command that runs a model, as `profile` picks them: the user's count,
+    else the cores free of other work (all of them busy would make every thread wait on the others).
+    Says on stderr what it chose and why; returns the count."""
+    import torch
+
+    from cmt_gen.profile.env import default_threads
+    from cmt_gen.profile.settings import check_threads
+
+    if threads is not None:
+        check_threads(threads, "--threads")
+        torch.set_num_threads(threads)
+        return threads
+    chosen, note = default_threads("cpu")
+    chosen = chosen or torch.get_num_threads()
+    torch.set_num_threads(chosen)
+    if note:
+        err_console.print(f"{literal(note)} (--threads sets it)", soft_wrap=True)
+    return chosen
+
+
+class StepReport:
+    """Progress of a long command on stderr, with its total known up front: a bar on a terminal; when
+    piped, a line per step (for a few long steps) or at most one per `every` seconds (for many short ones),
+    and one at the end, so a log never sits silent for long."""
+
+    def __init__(self, label: str, every: float = 10.0):
+        self.label, self.every = label, every
+        self._bar = None
+        self._task = None
+        self._last = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> StepReport:
+        import time
+
+        self._start = self._last = time.monotonic()
+        if err_console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                                 console=err_console, transient=True)
+            self._bar.__enter__()
+        return self
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        import time
+
+        if self._bar is not None:
+            if self._task is None:
+                self._task = self._bar.add_task(self.label, total=total)
+            self._bar.update(self._task, completed=done, total=total, description=f"{self.label}: {literal(what)}")
+            return
+        now = time.monotonic()
+        # A few long steps: each as it starts. Many short ones (calibrate's timings): one line per `every` s.
+        if total <= 20 or done == 0 or done >= total or now - self._last >= self.every:
+            self._last = now
+            err_console.print(f"{self.label}: {done}/{total} {literal(what)} ({now - self._start:.0f} s)",
+                              soft_wrap=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from cmt_gen.cli.common import SET_HELP, ReadableCommand, console, emit_json, literal
+from cmt_gen.cli.common import (
+    SET_HELP,
+    THREADS_HELP,
+    ReadableCommand,
+    StepReport,
+    console,
+    emit_json,
+    literal,
+    use_threads,
+)
 
 FORMAT_HELP = "onnx (run back with onnxruntime), torchscript, or program (torch.export, .pt2)."
 
@@ -22,27 +31,24 @@ def export(
     weights: Path = typer.Option(None, "--weights", help="Checkpoint to load strictly (ours or the released layout)."),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Largest |file - eager| / max |eager| accepted."),
-    threads: int = typer.Option(None, "--threads", help="Intra-op threads for the reload check."),
+    threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of text."),
 ) -> None:
     """Write the deploy form (dynamic batch, height, width), reload it, run two input sizes, compare
     with eager; exit 1 when the difference exceeds --tolerance."""
-    import torch
 
     from cmt_gen.errors import CmtGenError
     from cmt_gen.export.formats import FORMATS
     from cmt_gen.jobs.export import export_spec
-    from cmt_gen.profile.settings import check_threads
     from cmt_gen.spec.loading import load_spec, spec_files
 
     if fmt not in FORMATS:
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
-    if threads is not None:
-        check_threads(threads, "--threads")
-        torch.set_num_threads(threads)
+    threads = use_threads(threads)
     resolved = load_spec(spec, overrides)
-    result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads,
-                         inputs=spec_files(spec))
+    with StepReport("exporting") as progress:
+        result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads,
+                             inputs=spec_files(spec), progress=progress)
     if as_json:
         emit_json({"spec": resolved.name, "format": fmt, "path": result.path, "form": "deploy",
                    "tolerance": tolerance, "passed": result.passed,

@@ -15,6 +15,7 @@ from cmt_gen.cli.common import (
     DEVICE_HELP,
     SET_HELP,
     ReadableCommand,
+    StepReport,
     console,
     emit_json,
     err_console,
@@ -52,19 +53,11 @@ def calibrate(
     output: Path = typer.Option(..., "--output", "-o", help="Calibration file to write (JSON, atomically)."),
 ) -> None:
     """Time CMT's building blocks on a device and fit a latency model (about 2 minutes on a 2-core CPU)."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from cmt_gen.latency.calibrate import calibrate as run_calibration
     from cmt_gen.latency.calibration_file import save_calibration
 
     _check_json_path(output, "a calibration")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=err_console, transient=True) as bar:
-        task = bar.add_task("calibrating", total=None)
-
-        def progress(done: int, total: int, what: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"timing {literal(what)}")
-
+    with StepReport("calibrating") as progress:
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
                                       form=form, allocator=allocator, blocks_per_stage=blocks, min_time=min_time,
                                       progress=progress)
@@ -79,6 +72,9 @@ def calibrate(
         table.add_row(kind, str(model.samples), str(model.outliers), f"{model.median_error * 100:.1f}%",
                       f"{model.worst_error * 100:.1f}%")
     console.print(table)
+    console.print("left out: at most a tenth of a part's timings, those more than 3x its median error (and over "
+                  "10%) off a first fit, taken as disturbed by other work; the fit is redone without them (the "
+                  "errors still cover every timing)", soft_wrap=True)
     refs = ", ".join(f"{r.name}@{r.resolution} {r.measured_seconds / r.parts_seconds:.3f}"
                      for r in calibration.references)
     console.print(f"network factor {calibration.network_factor:.3f} (whole network / sum of its parts: {refs})")

@@ -261,7 +261,7 @@ def _print_footer(run, console) -> None:
         + f"; {run.elapsed_s:.0f} s in all", soft_wrap=True,
     )
     if s.threads_note:
-        console.print(f"threads: {s.threads_note} (--threads sets it)", soft_wrap=True)
+        console.print(f"{s.threads_note} (--threads sets it)", soft_wrap=True)
     for warning in run.warnings:
         console.print(f"[yellow]warning:[/] {_escape(warning)}", soft_wrap=True)
 

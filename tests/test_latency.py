@@ -464,3 +464,18 @@ def test_design_tools_never_overwrite_the_calibration(cal_file, cli, tmp_path, c
     own.write_bytes(cal_file.read_bytes())
     result = cli(*command, own, "--calibration", own)
     assert result.code == 2 and "also an input" in result.err and own.read_bytes() == cal_file.read_bytes()
+
+
+def test_calibration_progress_knows_its_total_from_the_first_step():
+    """The bar once started as 0/None and jumped when the reference networks began; the total now counts
+    every timing and reference network from the start, and the last report reaches it."""
+    from cmt_gen.latency.calibrate import REFERENCE_NETWORKS, calibrate
+
+    calls: list[tuple[int, int, str]] = []
+    calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, timer=fake_timer,
+              network_timer=lambda spec: FACTOR * sum(n * fake_timer(p) for p, n in spec_parts(spec)),
+              progress=lambda done, total, what: calls.append((done, total, what)))
+    totals = {total for _, total, _ in calls}
+    assert len(totals) == 1 and calls[-1][0] == calls[-1][1] == totals.pop()
+    assert [done for done, _, _ in calls] == sorted(done for done, _, _ in calls)
+    assert sum("reference network" in what for _, _, what in calls) == len(REFERENCE_NETWORKS)

@@ -177,20 +177,23 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         # and size of block instead of biasing one stage's.
         order = list(range(len(plan)))
         random.Random(seed + 1).shuffle(order)
+        total = len(plan) + (len(REFERENCE_NETWORKS) if whole is not None else 0)  # known before the first step
         times: dict[int, float] = {}
         for n, index in enumerate(order):
             part = plan[index]
             if progress:
-                progress(n, len(plan), part.describe())
+                progress(n, total, part.describe())
             seconds = float(measure(part))
             if not (math.isfinite(seconds) and seconds > 0):
                 raise CalibrationError(f"timing {part.describe()} gave {seconds} s", field="parts")
             times[index] = seconds
         measured = [(plan[i], times[i]) for i in range(len(plan))]
         if progress:
-            progress(len(plan), len(plan), "fitting")
+            progress(len(plan), total, "fitting")
         models = fit_parts(measured, settings.batch_size)
-        references = _reference_times(whole, models, settings.batch_size, progress, len(plan))
+        references = _reference_times(whole, models, settings.batch_size, progress, len(plan), total)
+        if progress:
+            progress(total, total, "done")
     ratios = sorted(r["measured_seconds"] / r["parts_seconds"] for r in references)
     factor = statistics.median(ratios) if ratios else 1.0
     return Calibration(
@@ -207,7 +210,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
 
 
 def _reference_times(whole: NetworkTimer | None, models: dict, batch: int, progress: Progress | None,
-                     done: int) -> list[dict]:
+                     done: int, total: int) -> list[dict]:
     """Each reference network's measured seconds beside the sum of its fitted parts."""
     if whole is None:
         return []
@@ -216,10 +219,10 @@ def _reference_times(whole: NetworkTimer | None, models: dict, batch: int, progr
     from cmt_gen.spec.loading import load_spec
 
     found = []
-    for name, base, overrides in REFERENCE_NETWORKS:
+    for n, (name, base, overrides) in enumerate(REFERENCE_NETWORKS):
         spec = load_spec(base, overrides or None)
         if progress:
-            progress(done, done, f"reference network {name}")
+            progress(done + n, total, f"reference network {name}")
         parts = sum(calls * predict(models[p.kind].coefficients, p.features(batch)) for p, calls in spec_parts(spec))
         found.append({"name": name, "resolution": spec.resolution, "measured_seconds": float(whole(spec)),
                       "parts_seconds": parts})
