@@ -1,4 +1,5 @@
-"""Entry point of `cmt-gen`: one Typer app; every user mistake exits 2 with one line.
+"""Entry point of `cmt-gen`: one Typer app; every user mistake exits 2 with one line
+(`validate` alone prints a line per problem of its specs).
 
 Command modules import torch only inside the commands that need it, so
 `cmt-gen --help`, `validate`, `list`, `schema` and `check --counter analytic`
@@ -103,7 +104,8 @@ def _run(argv: list[str] | None) -> int:
         result = app(args=argv, prog_name="cmt-gen", standalone_mode=False)
         return result if isinstance(result, int) else 0
     except CmtGenError as exc:
-        _print_error(str(exc))
+        for line in exc.lines():  # one line; one per problem where the command asked for it (validate)
+            _print_error(line)
         return 2
     except usage as exc:  # an unknown option, a flag value of the wrong type, a missing argument
         ctx = getattr(exc, "ctx", None)

@@ -177,10 +177,11 @@ ReadableCommand, ReadableGroup = _readable_classes()
 THREADS_HELP = "Intra-op threads (default: the cores free of other work, as profile picks them)."
 
 
-def use_threads(threads: int | None) -> int:
+def use_threads(threads: int | None) -> str | None:
     """Set torch's threads for a command that runs a model, as `profile` picks them: the user's count,
     else the cores free of other work (all of them busy would make every thread wait on the others).
-    Says on stderr what it chose and why; returns the count."""
+    Returns the line saying what it chose and why (None when the user chose), for the command to print
+    once it has succeeded: a refusal stays one line."""
     import torch
 
     from cmt_gen.profile.env import default_threads
@@ -189,24 +190,23 @@ def use_threads(threads: int | None) -> int:
     if threads is not None:
         check_threads(threads, "--threads")
         torch.set_num_threads(threads)
-        return threads
+        return None
     chosen, note = default_threads("cpu")
-    chosen = chosen or torch.get_num_threads()
-    torch.set_num_threads(chosen)
-    if note:
-        err_console.print(f"{literal(note)} (--threads sets it)", soft_wrap=True)
-    return chosen
+    torch.set_num_threads(chosen or torch.get_num_threads())
+    return f"{note} (--threads sets it)" if note else None
 
 
 class StepReport:
     """Progress of a long command on stderr, with its total known up front: a bar on a terminal; when
-    piped, a line per step (for a few long steps) or at most one per `every` seconds (for many short ones),
-    and one at the end, so a log never sits silent for long."""
+    piped, a line for a step still running after `delay` seconds, and for many short steps (calibrate's
+    timings) one line per `every` seconds, so a log never sits silent for long. A command that fails
+    within `delay` seconds (a bad input) prints nothing but its one error line."""
 
-    def __init__(self, label: str, every: float = 10.0):
-        self.label, self.every = label, every
+    def __init__(self, label: str, every: float = 10.0, delay: float = 2.0):
+        self.label, self.every, self.delay = label, every, delay
         self._bar = None
         self._task = None
+        self._timer = None
         self._last = 0.0
         self._start = 0.0
 
@@ -224,6 +224,7 @@ class StepReport:
         return self
 
     def __call__(self, done: int, total: int, what: str) -> None:
+        import threading
         import time
 
         if self._bar is not None:
@@ -231,13 +232,27 @@ class StepReport:
                 self._task = self._bar.add_task(self.label, total=total)
             self._bar.update(self._task, completed=done, total=total, description=f"{self.label}: {literal(what)}")
             return
-        now = time.monotonic()
-        # A few long steps: each as it starts. Many short ones (calibrate's timings): one line per `every` s.
-        if total <= 20 or done == 0 or done >= total or now - self._last >= self.every:
-            self._last = now
-            err_console.print(f"{self.label}: {done}/{total} {literal(what)} ({now - self._start:.0f} s)",
-                              soft_wrap=True)
+        self._cancel()
+        line = f"{self.label}: {done}/{total} {literal(what)}"
+        if time.monotonic() - self._last >= self.every and done < total:
+            self._print(line)
+        elif done < total:
+            self._timer = threading.Timer(self.delay, self._print, (line,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _print(self, line: str) -> None:
+        import time
+
+        self._last = now = time.monotonic()
+        err_console.print(f"{line} ({now - self._start:.0f} s)", soft_wrap=True)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def __exit__(self, *exc: object) -> None:
+        self._cancel()
         if self._bar is not None:
             self._bar.__exit__(*exc)

@@ -13,6 +13,7 @@ from cmt_gen.cli.common import (
     StepReport,
     console,
     emit_json,
+    err_console,
     literal,
     use_threads,
 )
@@ -44,7 +45,7 @@ def export(
 
     if fmt not in FORMATS:
         raise CmtGenError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", field="--format")
-    threads = use_threads(threads)
+    threads_note = use_threads(threads)
     resolved = load_spec(spec, overrides)
     with StepReport("exporting") as progress:
         result = export_spec(resolved, fmt, output, weights=weights, tolerance=tolerance, threads=threads,
@@ -62,5 +63,7 @@ def export(
                           f"({c.max_rel_diff:.2e} of max |eager|)")
         verdict = "[green]within[/]" if result.passed else "[bold red]exceeds[/]"
         console.print(f"{verdict} tolerance {tolerance:g}")
+    if threads_note:
+        err_console.print(literal(threads_note), soft_wrap=True)
     if not result.passed:
         raise typer.Exit(1)

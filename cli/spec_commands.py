@@ -9,13 +9,16 @@ from rich.table import Table
 
 from cmt_gen.cli.common import (
     SET_HELP,
+    THREADS_HELP,
     ReadableCommand,
     console,
     emit_json,
+    err_console,
     family_order,
     fmt_macs,
     fmt_params,
     literal,
+    use_threads,
 )
 
 
@@ -35,6 +38,7 @@ def build(
                                                             "released (the authors' cmt.py), to share a model."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record instead of tables."),
     force: bool = typer.Option(False, "--force", help="Build even when the estimated memory exceeds what is free."),
+    threads: int = typer.Option(None, "--threads", help=THREADS_HELP),
 ) -> None:
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.cost.summary import summarize
@@ -45,12 +49,15 @@ def build(
     resolved = load_spec(spec, overrides)
     check_output_path(output, inputs=[*spec_files(spec), weights])
     check_build_fits(resolved, force=force)  # before any output: a refusal is the only line printed
+    threads_note = use_threads(threads)
     summary = summarize(resolved)
     if not as_json:
         print_stage_table(summary)
     result = run_build(resolved, weights=weights, output=output, force=force, layout=layout)
     if result.params != summary.cost.params:  # the two descriptions must never drift
         raise RuntimeError(f"built model has {result.params} parameters, analytic count {summary.cost.params}")
+    if threads_note:
+        err_console.print(literal(threads_note), soft_wrap=True)
     if as_json:
         emit_json({**summary.as_dict(), "built_params": result.params,
                    "output_shape": list(result.output_shape), "forward_seconds": result.forward_seconds,
@@ -98,13 +105,21 @@ def validate(
     specs: list[str] = typer.Argument(..., help="Spec names or YAML paths."),
     overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
 ) -> None:
-    """Check specs against the schema and the design rules (no torch needed)."""
+    """Check specs against the schema and the design rules (no torch needed); lists every problem, one a line."""
+    from cmt_gen.errors import CmtGenError, SpecError
     from cmt_gen.spec.loading import load_spec
 
+    problems = []
     for source in specs:
-        resolved = load_spec(source, overrides)
+        try:
+            resolved = load_spec(source, overrides)
+        except CmtGenError as exc:  # go on: one run reports every problem of every spec
+            problems += exc.problems
+            continue
         console.print(f"[green]ok[/] {literal(source)}: {literal(resolved.name)}, {len(resolved.stages)} stages, "
                       f"{resolved.resolution}x{resolved.resolution}")
+    if problems:
+        raise SpecError.of(problems, every_line=True)
 
 
 def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:

@@ -77,6 +77,50 @@ def test_validate_applies_overrides(cli):
     assert bad.code == 2 and "resolution: 250 is not divisible" in bad.err
 
 
+def _three_mistakes(folder: Path) -> Path:
+    data = tiny_spec_dict(resolution=70)  # not a multiple of the stride 32
+    data["stages"][0].update(channels=250, heads=4)  # 4 heads do not divide 250 channels
+    data["stages"][1]["depth"] = -1  # a field error: the design rules above are still checked
+    path = folder / "three.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_validate_lists_every_problem_one_a_line_and_other_commands_one_line(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _three_mistakes(tmp_path)
+    result = cli("validate", "three.yaml")
+    assert result.code == 2 and result.out == "" and "Traceback" not in result.err
+    lines = result.err.strip().splitlines()
+    assert [line.split(": ")[:3] for line in lines] == [
+        ["error", "three.yaml", "resolution"], ["error", "three.yaml", "stages.0.heads"],
+        ["error", "three.yaml", "stages.1.depth"]], result.err
+    assert "nearest legal: 64 or 96" in lines[0]
+    assert "(heads that divide 250: 1, 2, 5, 10, 25, 50, 125, 250)" in lines[1]
+    assert "greater than 0" in lines[2]
+    check = cli("check", "three.yaml")
+    assert check.code == 2 and check.out == ""
+    assert check.err.strip().splitlines() == ["error: three.yaml: 3 problems: " + "; ".join(
+        line.removeprefix("error: three.yaml: ") for line in lines)]
+
+
+def test_validate_reports_every_spec_it_is_given(cli, tmp_path, monkeypatch):
+    """A broken spec does not hide the others: the good ones say ok, every problem of the rest is listed."""
+    monkeypatch.chdir(tmp_path)
+    _three_mistakes(tmp_path)
+    result = cli("validate", "cmt_ti", "three.yaml", "absent.yaml", "cmt_s")
+    assert result.code == 2
+    assert [line.split(":")[0] for line in result.out.strip().splitlines()] == ["ok cmt_ti", "ok cmt_s"]
+    errors = result.err.strip().splitlines()
+    assert len(errors) == 4 and all(line.startswith("error: ") for line in errors), result.err
+    assert all(line.startswith("error: three.yaml: ") for line in errors[:3])
+    assert errors[3].startswith("error: absent.yaml") and "no such file" in errors[3]
+    bad = cli("validate", "cmt_ti", "--set", "stages.0.reduction=3")
+    assert bad.code == 2 and bad.err.strip().splitlines() == [
+        "error: cmt_ti (cmt_ti.yaml): stages.0.reduction: reduction ratio 3 does not divide the stage's 40x40 "
+        "feature map (input 160x160); ratios that divide it: 1, 2, 4, 5, 8, 10, 20, 40"]
+
+
 def test_usage_errors_exit_2_without_traceback(cli):
     for argv in (("validate",), ("build",), ("nonsense",), ("build", "cmt_ti", "--bogus")):
         result = cli(*argv)
@@ -277,3 +321,54 @@ def test_build_refuses_a_model_that_would_not_fit_in_memory(cli):
     assert result.code == 2 and "Traceback" not in result.err
     assert "GiB" in result.err and "--force" in result.err and "build" in result.err
     assert result.out.strip() == ""  # refused before the stage table: the error is the only output
+
+
+@pytest.mark.parametrize("argv", [["build", "tiny.yaml"], ["export", "tiny.yaml", "-f", "torchscript", "-o", "x.pt"]])
+def test_commands_that_run_a_model_pick_threads_as_profile_does(cli, tmp_path, monkeypatch, argv) -> None:
+    """build and export once used every core while other work ran (a forward 17x slower); they now take
+    the cores free of other work, say so on stderr, and take --threads."""
+    import torch
+
+    from cmt_gen.profile import env
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec_dict(), sort_keys=False))
+    monkeypatch.setattr(env, "cpu_busy_fraction", lambda: 0.5)  # half the cores busy with other work
+    monkeypatch.setattr(env.os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        result = cli(*argv)
+        assert result.code == 0, result.err
+        assert "2 threads: 2 of 4 cores free (50% busy with other work before the run) (--threads sets it)" \
+            in result.err
+        assert torch.get_num_threads() == 2
+        result = cli(*argv, "--threads", "1")
+        assert result.code == 0 and "cores free" not in result.err and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_long_steps_report_progress_when_piped_and_quick_refusals_stay_one_line(cli, tmp_path, monkeypatch) -> None:
+    """ONNX export once sat silent for a minute: a step still running after 2 s now says so, with the step
+    count known up front; a quick refusal stays one line (no progress, no thread note)."""
+    import time
+
+    from cmt_gen.export import formats
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec_dict(), sort_keys=False))
+    real = formats.write_export
+
+    def slow_write(*args, **kwargs):
+        time.sleep(2.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(formats, "write_export", slow_write)
+    result = cli("export", "tiny.yaml", "-f", "torchscript", "-o", "x.pt", "--threads", "1")
+    assert result.code == 0, result.err
+    steps = [line for line in result.err.splitlines() if line.startswith("exporting: ")]
+    # the slow step is announced; on a loaded machine another step may run past 2 s and be announced too
+    assert any(line.startswith("exporting: 3/6 writing torchscript") for line in steps), result.err
+    assert all(line.split(" ")[1].endswith("/6") for line in steps), result.err
+    refused = cli("export", "tiny.yaml", "-f", "torchscript", "-o", "y.pt", "--weights", "absent.pt")
+    assert refused.code == 2 and refused.err.count("\n") == 1, refused.err

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BAD_SPECS, run_cli_subprocess
+from conftest import BAD_SPECS, run_cli_subprocess, tiny_spec_dict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -110,6 +110,76 @@ def test_library_raises_spec_error_with_file_field_and_rule():
     assert info.value.field == "stages.0.heads"
     assert "heads_not_dividing.yaml" in info.value.source
     assert "do not divide" in info.value.rule
+
+
+# ---------------------------------------------------------------- every problem at once, with the legal values
+
+def _three_mistakes() -> dict:
+    """Resolution off the stride, heads that do not divide, a negative depth: a field error and two design rules."""
+    data = tiny_spec_dict(resolution=70)
+    data["stages"][0].update(channels=250, heads=4)
+    data["stages"][1]["depth"] = -1
+    return data
+
+
+def test_spec_error_carries_every_problem_and_stays_one_line():
+    with pytest.raises(SpecError) as info:
+        load_spec(_three_mistakes())
+    error = info.value
+    assert [(p.source, p.field) for p in error.problems] == [
+        ("<dict>", "resolution"), ("<dict>", "stages.0.heads"), ("<dict>", "stages.1.depth")]  # in spec order
+    assert "nearest legal: 64 or 96" in error.problems[0].rule
+    assert "greater than 0" in error.problems[2].rule
+    assert str(error).startswith("<dict>: 3 problems: resolution: 70 is not divisible")
+    assert "\n" not in str(error) and error.lines() == [str(error)]  # one line unless a command asks for each
+    listed = SpecError.of(error.problems, every_line=True).lines()
+    assert listed == [str(p) for p in error.problems]
+    assert listed[1].startswith("<dict>: stages.0.heads: 4 heads do not divide 250 channels")
+
+
+def test_design_rules_still_run_on_the_fields_that_pass():
+    """The rules need every field valid to run in the schema; the fields that pass are still checked."""
+    data = tiny_spec_dict(num_classes="many")
+    data["stages"][2]["heads"] = 5
+    data["stages"][0]["reduction"] = 3
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    assert [p.field for p in info.value.problems] == ["num_classes", "stages.0.reduction", "stages.2.heads"]
+    # a rule whose own inputs are broken is left out: a wrong heads type is reported once, as a type
+    data = tiny_spec_dict()
+    data["stages"][0]["heads"] = "four"
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    assert [p.field for p in info.value.problems] == ["stages.0.heads"]
+
+
+@pytest.mark.parametrize("channels, heads, fragment", [
+    (250, 4, "4 heads do not divide 250 channels (heads that divide 250: 1, 2, 5, 10, 25, 50, 125, 250)"),
+    (256, 6, "6 heads do not divide 256 channels (nearest heads that divide 256: 1, 2, 4, 8, 16, 32, 64, 128)"),
+    (720, 7, "(nearest heads that divide 720: 4, 5, 6, 8, 9, 10, 12, 15)"),  # 30 divisors: the 8 nearest 7 by ratio
+    (97, 2, "(heads that divide 97: 1, 97)"),
+])
+def test_heads_message_names_the_heads_that_divide(channels, heads, fragment):
+    data = tiny_spec_dict()
+    data["stages"][3].update(channels=channels, heads=heads)
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    assert info.value.field == "stages.3.heads"
+    assert fragment in info.value.rule
+
+
+@pytest.mark.parametrize("resolution, stage, ratio, fragment", [
+    (64, 0, 3, "16x16 feature map (input 64x64); ratios that divide it: 1, 2, 4, 8, 16"),
+    (224, 0, 3, "56x56 feature map (input 224x224); ratios that divide it: 1, 2, 4, 7, 8, 14, 28, 56"),
+    (1024, 0, 100, "(input 1024x1024); nearest ratios that divide it: 2, 4, 8, 16, 32, 64, 128, 256"),
+])
+def test_reduction_message_names_the_ratios_that_divide(resolution, stage, ratio, fragment):
+    data = tiny_spec_dict(resolution=resolution)
+    data["stages"][stage]["reduction"] = ratio
+    with pytest.raises(SpecError) as info:
+        load_spec(data)
+    assert info.value.field == f"stages.{stage}.reduction"
+    assert fragment in info.value.rule
 
 
 def test_oversized_file_is_refused_before_parsing(tmp_path):

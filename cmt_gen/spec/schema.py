@@ -7,8 +7,10 @@ Defaults reproduce the released network; options beyond it are explicit.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
@@ -42,6 +44,8 @@ MAX_CLASSES = 1_000_000
 # 1e11 parameters are 400 GB of float32 weights, 1e11 attention scores per image 400 GB of memory.
 MAX_PARAMS_ESTIMATE = 100e9
 MAX_ATTENTION_ESTIMATE = 100e9
+# A message lists the legal alternatives (heads that divide the channels...) up to this many, the nearest first.
+MAX_ALTERNATIVES = 8
 
 
 class _Strict(BaseModel):
@@ -92,7 +96,12 @@ class StageSpec(_Strict):
 
     @property
     def hidden(self) -> int:
-        return int(self.channels * self.expansion)
+        return hidden_channels(self.channels, self.expansion)
+
+
+def hidden_channels(channels: int, expansion: float) -> int:
+    """IRFFN hidden width: floor(C * E)."""
+    return int(channels * expansion)
 
 
 class HeadSpec(_Strict):
@@ -228,66 +237,112 @@ class CMTSpec(_Strict):
         """Feature-map (H, W) of each stage for an input of the given size."""
         h = self.resolution if height is None else height
         w = self.resolution if width is None else width
-        return [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in range(len(self.stages))]
+        return _stage_sizes(len(self.stages), h, w)
 
     @model_validator(mode="after")
     def _check_design(self) -> CMTSpec:
         problems = design_problems(self, self.resolution, self.resolution)
         if problems:
-            field, rule = problems[0]
-            raise _DesignRuleError(field, rule)
+            raise _DesignRuleError(problems)
         return self
 
 
-class _DesignRuleError(ValueError):
-    """Carries the field path of a cross-field rule through pydantic."""
+def _stage_sizes(stages: int, height: int, width: int) -> list[tuple[int, int]]:
+    return [(height // 2 ** (i + 2), width // 2 ** (i + 2)) for i in range(stages)]
 
-    def __init__(self, field: str, rule: str):
-        self.field = field
-        self.rule = rule
-        super().__init__(f"{field}: {rule}")
+
+class _DesignRuleError(ValueError):
+    """Carries every broken cross-field rule, each with its field path, through pydantic."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        self.field, self.rule = problems[0]
+        super().__init__("; ".join(f"{field}: {rule}" for field, rule in problems))
+
+
+_STAGE_RULE_FIELDS = ("channels", "heads", "reduction", "expansion")
 
 
 def design_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, str]]:
     """Cross-field rules as (field path, rule) pairs; empty when the design is legal."""
+    stages = [{name: getattr(stage, name) for name in _STAGE_RULE_FIELDS} for stage in spec.stages]
+    problems = cross_field_problems(len(spec.stages), stages, height, width)
+    if not problems:
+        problems += _size_problems(spec, height, width)
+    return problems
+
+
+def cross_field_problems(
+    stage_count: int | None,
+    stages: Sequence[Mapping[str, Any]],
+    height: int | None,
+    width: int | None,
+) -> list[tuple[str, str]]:
+    """The cross-field rules over what is known: a rule any of whose inputs is None or absent is skipped.
+
+    A valid spec gives all of them (`design_problems`); a spec with broken fields gives the
+    values that passed their own checks (spec.validation), so one report lists both kinds.
+    `stages` holds each stage's channels, heads, reduction and expansion; `stage_count` and the
+    input size decide the total stride and the stage maps (the reduction rule needs the input
+    size to be legal first).
+    """
     problems: list[tuple[str, str]] = []
-    stride = spec.total_stride
-    for side, value in (("resolution", height), ("resolution", width)):
-        if value % stride:
+    maps: list[tuple[int, int]] | None = None
+    if stage_count is not None and height is not None and width is not None:
+        stride = 2 ** (stage_count + 1)  # CMTSpec.total_stride
+        bad = next((value for value in (height, width) if value % stride), None)
+        if bad is not None:
             problems.append(
                 (
-                    side,
-                    f"{value} is not divisible by the total stride {stride} "
-                    f"(2 ** ({len(spec.stages)} stages + 1)); nearest legal: "
-                    f"{_nearest_multiples(value, stride)}",
+                    "resolution",
+                    f"{bad} is not divisible by the total stride {stride} "
+                    f"(2 ** ({stage_count} stages + 1)); nearest legal: {_nearest_multiples(bad, stride)}",
                 )
             )
-            return problems
-    for i, (stage, (h, w)) in enumerate(zip(spec.stages, spec.stage_sizes(height, width), strict=True)):
-        if stage.channels % stage.heads:
-            problems.append(
-                (f"stages.{i}.heads", f"{stage.heads} heads do not divide {stage.channels} channels")
-            )
-        if h % stage.reduction or w % stage.reduction:
-            problems.append(
-                (
-                    f"stages.{i}.reduction",
-                    f"reduction ratio {stage.reduction} does not divide the stage's "
-                    f"{h}x{w} feature map (input {height}x{width})",
-                )
-            )
+        else:
+            maps = _stage_sizes(stage_count, height, width)
+    for i, stage in enumerate(stages):
+        channels, heads, ratio, expansion = (stage.get(name) for name in _STAGE_RULE_FIELDS)
+        if channels is not None and heads is not None and channels % heads:
+            problems.append((f"stages.{i}.heads", _heads_rule(channels, heads)))
+        if maps is not None and i < len(maps) and ratio is not None:
+            h, w = maps[i]
+            if h % ratio or w % ratio:
+                problems.append((f"stages.{i}.reduction", _reduction_rule(ratio, h, w, height, width)))
+        if channels is None or expansion is None:
+            continue
         try:
-            hidden = stage.hidden
+            hidden = hidden_channels(channels, expansion)
         except (OverflowError, ValueError):  # an infinite ratio, or channels too large for a float
             problems.append((f"stages.{i}.expansion", "channels * expansion is not a finite number of hidden channels"))
             continue
         if hidden < 1:
-            problems.append(
-                (f"stages.{i}.expansion", f"floor({stage.channels} * {stage.expansion}) is 0 hidden channels")
-            )
-    if not problems:
-        problems += _size_problems(spec, height, width)
+            problems.append((f"stages.{i}.expansion", f"floor({channels} * {expansion}) is 0 hidden channels"))
     return problems
+
+
+def _heads_rule(channels: int, heads: int) -> str:
+    legal = _divisors(channels, MAX_HEADS)
+    return f"{heads} heads do not divide {channels} channels ({_alternatives(legal, heads, 'heads', f'{channels}')})"
+
+
+def _reduction_rule(ratio: int, h: int, w: int, height: int, width: int) -> str:
+    legal = _divisors(math.gcd(h, w), MAX_RESOLUTION)
+    return (f"reduction ratio {ratio} does not divide the stage's {h}x{w} feature map (input {height}x{width}); "
+            f"{_alternatives(legal, ratio, 'ratios', 'it')}")
+
+
+def _alternatives(legal: list[int], given: int, what: str, whole: str) -> str:
+    """'heads that divide 250: 1, 2, 5, ...', cut to the MAX_ALTERNATIVES nearest the given value (by ratio)."""
+    if len(legal) > MAX_ALTERNATIVES:
+        nearest = sorted(sorted(legal, key=lambda v: (abs(math.log(v / given)), v))[:MAX_ALTERNATIVES])
+        return f"nearest {what} that divide {whole}: {', '.join(map(str, nearest))}"
+    return f"{what} that divide {whole}: {', '.join(map(str, legal))}"
+
+
+def _divisors(n: int, limit: int) -> list[int]:
+    """Divisors of n up to a field's bound, ascending (at most `limit` steps, whatever n is)."""
+    return [d for d in range(1, min(n, limit) + 1) if n % d == 0]
 
 
 def _size_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, str]]:
