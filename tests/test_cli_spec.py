@@ -353,17 +353,17 @@ def test_long_steps_report_progress_when_piped_and_quick_refusals_stay_one_line(
     count known up front; a quick refusal stays one line (no progress, no thread note)."""
     import time
 
-    from cmt_gen.export import formats
+    from cmt_gen.jobs import export as job
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_spec_dict(), sort_keys=False))
-    real = formats.write_export
+    real = job.write_export
 
     def slow_write(*args, **kwargs):
         time.sleep(2.5)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(formats, "write_export", slow_write)
+    monkeypatch.setattr(job, "write_export", slow_write)
     result = cli("export", "tiny.yaml", "-f", "torchscript", "-o", "x.pt", "--threads", "1")
     assert result.code == 0, result.err
     steps = [line for line in result.err.splitlines() if line.startswith("exporting: ")]
