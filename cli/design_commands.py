@@ -180,7 +180,8 @@ def _design_json(result) -> dict:
         "designs": [{"rank": k, "params": d.params, "macs": d.macs, "meets": d.meets, "score": round(d.score, 4),
                      "resolution": d.spec.resolution, "stem": d.spec.stem.channels,
                      "channels": [s.channels for s in d.spec.stages], "depths": [s.depth for s in d.spec.stages],
-                     "expansion": [s.expansion for s in d.spec.stages], **_speed_json(d, result.batch_size)}
+                     "expansion": [s.expansion for s in d.spec.stages], "family_departures": d.departures,
+                     **_speed_json(d, result.batch_size)}
                     for k, d in enumerate(result.designs, 1)],
     }
 
@@ -334,7 +335,8 @@ def compare(
         from cmt_gen.design.plotting import PlotPoint, plot_cost_map
 
         speeds = result.throughput or [None] * len(result.specs)
-        points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None, spec.resolution)
+        points = [PlotPoint(spec.name, cost.params, cost.macs, t.images_per_second if t else None, spec.resolution,
+                            bool(t and t.noisy))
                   for spec, cost, t in zip(result.specs, result.costs, speeds, strict=True)]
         from cmt_gen.design.speed_panel import speed_panel
 
@@ -344,15 +346,15 @@ def compare(
             console.print(f"saved plot to {literal(str(plot))}")
 
 
-def _family_speeds(profile: Path | None) -> dict[str, float]:
-    """Measured images/s of bundled variants found in a profile file."""
+def _family_speeds(profile: Path | None) -> dict:
+    """Measured speeds (`Throughput`: images/s, noisy mark, device) of bundled variants in a profile file."""
     if profile is None:
         return {}
     from cmt_gen.design.compare import load_profile
     from cmt_gen.spec.bundled import bundled_names
 
     found = load_profile(profile)
-    return {name: found[name].images_per_second for name in bundled_names() if name in found}
+    return {name: found[name] for name in bundled_names() if name in found}
 
 
 def _print_comparison(result, only_diff: bool) -> None:
@@ -374,5 +376,9 @@ def _print_comparison(result, only_diff: bool) -> None:
         field = f"[bold]{literal(row.label)}[/]" if row.differs else literal(row.label)
         table.add_row(part, field, *cells)
     console.print(table)
+    if result.noisy:
+        console.print(f"~ noisy: cmt-gen profile marked {literal(', '.join(result.noisy))} noisy (its repeats still "
+                      "spread more than its limit after extending the run); profile again on a quieter machine "
+                      "before trusting the difference.", soft_wrap=True)
     if result.throughput and not any(result.throughput):
         err_console.print("no profile record matched these specs' names", soft_wrap=True)

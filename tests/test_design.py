@@ -473,3 +473,156 @@ def test_reversed_speed_ranges_are_one_clear_error(throughput, latency, message)
 
     with pytest.raises(CmtGenError, match=message):
         parse_speed_budget(throughput, latency, 0.05, calibration=object())
+
+
+# ---------------------------------------------------------------- what a design records, and how far it strays
+
+@pytest.fixture(scope="module")
+def design_cal(tmp_path_factory) -> Path:
+    """A calibration of a synthetic device (seconds = overhead + work), written as `cmt-gen calibrate` does."""
+    from cmt_gen.latency.calibrate import calibrate
+    from cmt_gen.latency.calibration_file import save_calibration
+
+    cal = calibrate(device="cpu", batch_size=4, threads=1, blocks_per_stage=6,
+                    timer=lambda part: 1e-4 + 2e-11 * sum(part.features(4)[1:]))
+    path = tmp_path_factory.mktemp("cal") / "synthetic_cal.json"
+    save_calibration(cal, path)
+    return path
+
+
+def _odd_base(tmp_path: Path) -> Path:
+    """CMT-Ti with its blocks moved from stage 3 to stage 4: the paper's family never looks like this."""
+    from cmt_gen.spec.serialize import spec_to_dict
+
+    data = spec_to_dict(load_spec("cmt_ti", ["stages.2.depth=2", "stages.3.depth=8"]))
+    data.pop("reference", None)
+    path = tmp_path / "odd_base.yaml"
+    write_spec(load_spec({**data, "name": "odd_base"}), path)
+    return path
+
+
+def test_written_spec_records_budgets_and_calibration(tmp_path, cli, design_cal):
+    """Issue 21: the spec said nothing of the speed target or the calibration it was designed with."""
+    from cmt_gen.latency.calibration_file import load_calibration
+
+    out = tmp_path / "fast.yaml"
+    result = cli("design", "--from", "cmt_ti", "--params", "8M..12M", "--latency", "..60ms", "--resolution",
+                 "128..192", "--calibration", design_cal, "--top", "2", "-o", out)
+    assert result.code == 0, result.err
+    spec = load_spec(out)
+    assert (spec.budget.params.min, spec.budget.params.max) == ("8M", "12M") and spec.budget.macs is None
+    text = "\n".join(spec.provenance)
+    cal = load_calibration(design_cal)
+    s = cal.settings
+    assert "designed for: latency ..60 ms at batch 4" in text and "not in budget:" in text
+    assert "resolution: searched 128..192 px (asked for 128..192)" in text
+    calibration = next(line for line in spec.provenance if line.startswith("calibration: "))
+    for fact in ("synthetic_cal.json", f"created {cal.created}", f"machine {cal.machine}", f"device {s.device}",
+                 f"precision {s.precision}", "batch 4", "threads 1"):
+        assert fact in calibration, fact
+    assert "predicted on the calibrated device:" in text and "proportions: " in text
+    # The speed target lives in provenance, so `cmt-gen check` checks the params budget and nothing breaks.
+    checked = cli("check", out)
+    assert checked.code == 0, checked.out + checked.err
+    assert "within budget" in checked.out and "8M" in checked.out
+
+
+def test_written_spec_records_a_target_and_the_default_resolutions():
+    best = design_specs("cmt_ti", params="9.6M", macs="0.6G", top=1).best
+    text = "\n".join(best.spec.provenance)
+    assert "designed for: params 9.6M within 1%, MACs 0.6G within 2% (recorded in budget:" in text
+    assert "resolution: searched 96..320 px (default: 0.5x-2x the base's 160 px)" in text
+    assert "calibration:" not in text  # none was given
+
+
+def test_family_ranges_come_from_the_bundled_specs():
+    from cmt_gen.design.family import bundled_family
+
+    family = bundled_family()
+    assert [m.name for m in family.members] == ["cmt_ti", "cmt_xs", "cmt_s", "cmt_b", "cmt_l"]
+    assert family.share_range == (12 / 21, 16 / 25)  # CMT-XS's 12 of 21 blocks to CMT-S's 16 of 25
+    assert family.depth_step == pytest.approx(21 / 16)
+    for member in family.members:  # the family itself is never far from itself
+        assert family.expected_depth(member.macs)[0] == pytest.approx(member.total)
+
+
+@pytest.mark.parametrize("depths, channels, macs, fragment", [
+    ((1, 1, 5, 3), (64, 128, 256, 512), 4.0e9, "10 blocks in all where the family has about 25"),
+    ((3, 3, 8, 7), (48, 96, 192, 384), 0.36e9, "stage 3 holds 38% of the blocks"),
+    ((2, 2, 10, 2), (64, 64, 128, 256), 0.8e9, "channels do not grow: stage 2 (64) after 64"),
+])
+def test_far_designs_are_named(depths, channels, macs, fragment):
+    from cmt_gen.design.family import departures, proportions_note
+
+    found = departures(depths, channels, macs)
+    assert len(found) == 1 and fragment in found[0], found
+    assert proportions_note(depths, channels, macs).startswith("proportions: far from the CMT family's")
+
+
+@pytest.mark.parametrize("depths, channels, macs", [
+    ((5, 5, 25, 5), (88, 176, 352, 704), 19.5e9),  # CMT-L
+    ((2, 2, 10, 2), (40, 80, 160, 320), 0.32e9),  # a narrower CMT-Ti
+    ((3, 3, 14, 3), (64, 128, 256, 512), 3.5e9),  # a shallower CMT-S, within one family step
+])
+def test_family_like_designs_are_not_far(depths, channels, macs):
+    from cmt_gen.design.family import departures, proportions_note
+
+    assert departures(depths, channels, macs) == []
+    assert proportions_note(depths, channels, macs).startswith("proportions: close to the CMT family's")
+
+
+def test_proportion_warning_for_a_far_design_only(tmp_path, cli):
+    out = tmp_path / "odd.yaml"
+    far = cli("design", "--from", _odd_base(tmp_path), "--macs", "1G", "--top", "2", "-o", out)
+    assert far.code == 0, far.err
+    warnings = [line for line in far.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1, far.err
+    assert "far from the CMT family's proportions: stage 3 holds" in warnings[0]
+    assert "accuracy is untested" in warnings[0]
+    assert any(line.startswith("proportions: far from the CMT family's") for line in load_spec(out).provenance)
+    near = cli("design", "--from", "cmt_b", "--params", "74.7M", "--macs", "19.5G", "--resolution", "288",
+               "--top", "2", "-o", tmp_path / "l.yaml")
+    assert near.code == 0 and "warning:" not in near.err, near.err
+    assert any(line.startswith("proportions: close to") for line in load_spec(tmp_path / "l.yaml").provenance)
+
+
+def test_design_api_warns_about_a_shallow_design():
+    """Depths held to a quarter of CMT-S's while MACs stay CMT-S's: the '10 blocks for CMT-S's 25' case."""
+    result = design_specs("cmt_s", macs="4G", resolution=224, depth_range=(0.25, 0.4), top=1)
+    assert result.feasible and result.best.departures
+    assert [w for w in result.warnings if "blocks in all where the family has about 25" in w]
+
+
+def test_compare_keeps_the_noisy_mark(tmp_path, cli):
+    """Issue 21: `profile` marked a row noisy and `compare --profile` showed it as a confident figure."""
+    record = {"name": "cmt_s", "images_per_s": 420.0, "noisy": True, "spread": 0.12,
+              "settings": {"device": "cpu", "precision": "fp32"}}
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps({"results": [record, {"name": "cmt_ti", "images_per_s": 900.0, "noisy": False}]}))
+    result = compare_specs(["cmt_s", "cmt_ti"], path)
+    noisy, quiet = result.throughput
+    assert noisy.noisy and noisy.spread == 0.12 and not quiet.noisy
+    row = next(r for r in result.rows if r.label == "images/s")
+    assert row.values == ["~420.0 noisy", "900.0"] and row.raw == [420.0, 900.0]
+    assert result.noisy == ["cmt_s"]
+    shown = cli("compare", "cmt_s", "cmt_ti", "--profile", path)
+    assert shown.code == 0 and "~420.0 noisy" in shown.out and "marked cmt_s noisy" in shown.out
+    record = json.loads(cli("compare", "cmt_s", "cmt_ti", "--profile", path, "--json").out)
+    assert [p["noisy"] for p in record["profile"]] == [True, False]
+
+
+def test_speed_panel_shows_predicted_and_measured_points(design_cal):
+    """With a calibration, a profiled spec gets its predicted point too (once only the measured one)."""
+    from cmt_gen.design.compare import Throughput
+    from cmt_gen.design.speed_panel import speed_panel
+    from cmt_gen.latency.calibration_file import load_calibration
+
+    spec = load_spec("cmt_xs")
+    measured = Throughput(300.0, device="cpu (Test CPU)", precision="fp32", noisy=True)
+    panel = speed_panel([spec], [analytic_cost(spec)], [measured], load_calibration(design_cal),
+                        {"cmt_s": Throughput(120.0)})
+    mine = [p for p in panel.points if not p.family]
+    assert [(p.measured, p.noisy) for p in mine] == [(False, False), (True, True)]
+    family = {(p.label, p.measured) for p in panel.points if p.family}
+    assert ("cmt_s", True) in family and ("cmt_s", False) in family and ("cmt_l", False) in family
+    assert "predicted: " in panel.note and "measured: cpu (Test CPU), fp32" in panel.note

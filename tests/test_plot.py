@@ -40,7 +40,8 @@ def test_plot_labels_overlap_nothing() -> None:
     from matplotlib.transforms import Bbox
 
     from cmt_gen.design.compare import table2_points
-    from cmt_gen.design.plotting import _crosses, draw_cost_map, family_lines
+    from cmt_gen.design.plot_text import _crosses
+    from cmt_gen.design.plotting import draw_cost_map, family_lines
 
     fig = draw_cost_map(_points(), table2_points(), speed_title="measured images/s\ncpu (test CPU), fp32")
     try:
@@ -118,5 +119,97 @@ def test_speed_panel_line_runs_through_the_median_family_rate() -> None:
         line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
         assert line.get_xdata()[0] * 1e9 * line.get_ydata()[0] == pytest.approx(67.5e9)
         assert "67.5 GMAC/s" in line.get_label()
+    finally:
+        plt.close(fig)
+
+
+def _speed_figure(panel):
+    from cmt_gen.design.plotting import _pyplot, family_lines, place_labels
+    from cmt_gen.design.speed_panel import draw_speed_panel
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 6))
+    labels = draw_speed_panel(ax, panel)
+    fig.tight_layout()
+    place_labels(fig, ax, labels, lines=family_lines(ax))  # as draw_cost_map does, once the layout is final
+    fig.canvas.draw()
+    return plt, fig, ax
+
+
+def _mixed_panel():
+    """The family predicted and (two members) measured, a spec predicted and measured (noisy)."""
+    from cmt_gen.design.speed_panel import SpeedPanel, SpeedPoint
+
+    predicted = [SpeedPoint(n, m, r, False, True) for n, m, r in
+                 (("cmt_ti", 0.64e9, 180.0), ("cmt_xs", 1.55e9, 95.0), ("cmt_s", 4.03e9, 40.0))]
+    measured = [SpeedPoint("cmt_ti", 0.64e9, 160.0, True, True), SpeedPoint("cmt_s", 4.03e9, 45.0, True, True)]
+    mine = [SpeedPoint("mine", 1e9, 120.0, False, False), SpeedPoint("mine", 1e9, 100.0, True, False, noisy=True)]
+    return SpeedPanel([*predicted, *measured, *mine], "predicted: Test CPU, fp32, batch 8, threads 4")
+
+
+def test_speed_panel_legend_names_predicted_measured_and_the_reference_line() -> None:
+    """Issue 21: predicted and measured points shared one unexplained line, and the dashed line was unexplained."""
+    plt, fig, ax = _speed_figure(_mixed_panel())
+    try:
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        for entry in ("CMT family, predicted (calibration)", "CMT family, measured (profile)",
+                      "your specs, predicted (calibration)", "your specs, measured (profile)"):
+            assert entry in legend, legend
+        reference = next(t for t in legend if t.startswith("constant MACs/s"))
+        assert "family's measured median" in reference and "faster than its MACs suggest" in reference
+        assert "filled = measured, hollow = predicted" in ax.get_title()
+        # Measured and predicted family members are separate lines, told apart by filled and hollow markers.
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        assert lines["CMT family, predicted (calibration)"].get_markerfacecolor() == "white"
+        assert lines["CMT family, measured (profile)"].get_markerfacecolor() != "white"
+        texts = {t.get_text() for t in ax.texts}
+        assert "mine: ~100.0 noisy" in texts and "mine" in texts
+    finally:
+        plt.close(fig)
+
+
+def test_speed_panel_reference_falls_back_to_the_predicted_family() -> None:
+    from cmt_gen.design.speed_panel import SpeedPanel, SpeedPoint
+
+    panel = SpeedPanel([SpeedPoint("cmt_ti", 1e9, 100.0, False, True), SpeedPoint("mine", 1e9, 90.0, False, False)],
+                       "test")
+    plt, fig, ax = _speed_figure(panel)
+    try:
+        line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+        assert "family's predicted median (100 GMAC/s)" in line.get_label()
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("rates", [(900.0, 300.0, 500.0), (50.0, 12.0, 2.0, 0.6)])
+def test_log_axes_print_plain_numbers(rates) -> None:
+    """Minor ticks once read '6x10^1' beside a plain '10'; an axis spanning less than a decade had one label."""
+    from cmt_gen.design.speed_panel import SpeedPanel, SpeedPoint
+
+    points = [SpeedPoint(f"m{k}", 0.5e9 * 2 ** k, r, True, k > 0) for k, r in enumerate(rates)]
+    plt, fig, ax = _speed_figure(SpeedPanel(points, "test"))
+    try:
+        for axis in (ax.xaxis, ax.yaxis):
+            shown = [t.get_text() for t in axis.get_ticklabels(which="both") if t.get_text()]
+            assert len(shown) >= 3, shown
+            assert not [t for t in shown if "times" in t or "^" in t or "e+" in t or "$" in t], shown
+            for text in shown:
+                float(text.replace(",", ""))  # a plain number
+    finally:
+        plt.close(fig)
+
+
+def test_speed_panel_labels_overlap_each_other_nowhere() -> None:
+    from matplotlib.text import Text
+
+    plt, fig, ax = _speed_figure(_mixed_panel())
+    try:
+        renderer = fig.canvas.get_renderer()
+        labels = [t for t in ax.texts if t.get_gid() == "label"]
+        boxes = [Text.get_window_extent(t, renderer) for t in labels]
+        assert len(labels) == 3 + 1 + 1  # the family's three, "mine", and mine's noisy mark
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                assert _overlap(boxes[i], boxes[j]) == 0, (labels[i].get_text(), labels[j].get_text())
     finally:
         plt.close(fig)

@@ -56,6 +56,12 @@ class Throughput:
     details: str = ""
     device: str | None = None  # e.g. "cpu (AMD EPYC)" or "cuda:0 (NVIDIA H100)"
     precision: str | None = None
+    noisy: bool = False  # cmt-gen profile marked it: its repeats still spread too much (`spread`) after extending
+    spread: float | None = None  # half the min-max range of the repeats over their median
+
+    def text(self) -> str:
+        """'420.0', or '~420.0 noisy' as cmt-gen profile prints a noisy row."""
+        return f"~{self.images_per_second:,.1f} noisy" if self.noisy else f"{self.images_per_second:,.1f}"
 
 
 def speed_title(speeds: Sequence[Throughput | None]) -> str:
@@ -75,12 +81,23 @@ class Comparison:
     rows: list[Row]
     throughput: list[Throughput | None] = field(default_factory=list)
 
+    @property
+    def noisy(self) -> list[str]:
+        """Labels of the specs whose profiled speed cmt-gen profile marked noisy."""
+        return [label for label, t in zip(self.labels, self.throughput, strict=False) if t is not None and t.noisy]
+
     def as_dict(self) -> dict:
-        return {
+        record = {
             "specs": self.labels,
             "rows": [{"section": r.section, "field": r.label, "values": r.raw, "differs": r.differs}
                      for r in self.rows],
         }
+        if self.throughput:
+            record["profile"] = [None if t is None else {"images_per_s": t.images_per_second, "noisy": t.noisy,
+                                                         "spread": t.spread, "device": t.device,
+                                                         "precision": t.precision}
+                                 for t in self.throughput]
+        return record
 
 
 # ---------------------------------------------------------------- profile results
@@ -133,7 +150,8 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
     Accepts a list of records or an object holding one under results/records;
     a record (`ProfileResult.as_dict()`) names its spec under name/spec and its
     speed under images_per_s, images_per_second or throughput (a number, or a
-    mapping with a median). Failed records (with an `error`) are skipped.
+    mapping with a median). Failed records (with an `error`) are skipped. A record
+    `cmt-gen profile` marked `noisy` keeps the mark (and its `spread`).
     """
     from cmt_gen.files import read_bounded
 
@@ -177,8 +195,11 @@ def load_profile(path: str | Path) -> dict[str, Throughput]:
             device = f"{device} ({env['device_name']})"
         known = found.get(_norm(name))
         if known is None or speed > known.images_per_second:
+            spread = record.get("spread")
+            spread = float(spread) if isinstance(spread, (int, float)) and not isinstance(spread, bool) \
+                and math.isfinite(spread) and spread >= 0 else None
             found[_norm(name)] = Throughput(speed, details, device, settings.get("precision") or
-                                            record.get("precision"))
+                                            record.get("precision"), record.get("noisy") is True, spread)
     if not found and predictions:
         raise ProfileError("holds predictions (cmt-gen predict), not measurements: use cmt-gen profile --json, "
                            "or predict --measure", source=str(path))
@@ -284,7 +305,8 @@ def compare_specs(sources: Sequence[CMTSpec | str | Path | Mapping],
     if profile is not None:
         table = profile if isinstance(profile, Mapping) else load_profile(profile)
         speeds = [match_throughput(table, s, label) for s, label in zip(specs, labels, strict=True)]
-        add("profile", "images/s", [t.images_per_second if t else None for t in speeds], lambda v: f"{v:,.1f}")
+        rows.append(Row("profile", "images/s", ["-" if t is None else t.text() for t in speeds],
+                        [t.images_per_second if t else None for t in speeds]))
     return Comparison(specs, labels, costs, rows, speeds)
 
 

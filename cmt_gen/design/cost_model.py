@@ -8,7 +8,7 @@ hidden_i), where `fixed` and `block_i` come from the very functions
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cmt_gen.cost.analytic import Cx, classifier_head_cost, cmt_stage_cost, stem_cost
@@ -134,3 +134,10 @@ def build_space(base: CMTSpec, resolutions: list[int], divisor: int, width_range
     return Space(sorted(resolutions), ordered, sorted(expansions), sorted(patterns), main, max_depths)
 
 
+def depth_neighbours(depths: list[int], limits: list[int]) -> Iterable[tuple[int, ...]]:
+    """Every combination of moving each depth by -1, 0 or +1 within 1..limit."""
+    options = [[d + s for s in (-1, 0, 1) if 1 <= d + s <= limit] for d, limit in zip(depths, limits, strict=True)]
+    combos: list[tuple[int, ...]] = [()]
+    for choice in options:
+        combos = [(*c, d) for c in combos for d in choice]
+    return combos

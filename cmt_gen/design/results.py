@@ -20,6 +20,7 @@ class Design:
     score: float
     violation: float
     seconds: float | None = None  # predicted batch latency, when the search had a calibration
+    departures: list[str] = field(default_factory=list)  # far from the CMT family's proportions (`family`)
 
     def value(self, constraint: Constraint, batch: int | None = None) -> float:
         """This design's value of a budget's quantity (speed: predicted, at the calibration's batch)."""

@@ -1,5 +1,4 @@
 """Find CMT specs that meet a parameter, MAC and speed budget, with the exact analytic counter.
-
 Budgets are parsed in `cmt_gen.design.constraints` (speed: `cmt_gen.design.speed`).
 
 Design space around a base spec (default: the bundled spec nearest the
@@ -25,7 +24,8 @@ design strays from the base's proportions (depth pattern, balance of the
 width, depth and resolution multipliers as compound scaling prescribes,
 expansion ratio), plus for a target half its relative miss in tolerances, and
 for a range with a maximum twice the unused share of the range ("under 6G"
-prefers designs close to 6G; "at least 4G" prefers those close to 4G).
+prefers designs close to 6G; "at least 4G" prefers those close to 4G). Every design's spec
+records what it was designed for and how it sits against the family (`design.record`, `.family`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +44,9 @@ from cmt_gen.design.constraints import (
     parse_tolerance,
     resolution_choices,
 )
-from cmt_gen.design.cost_model import CostModel, Space, build_space
+from cmt_gen.design.cost_model import CostModel, Space, build_space, depth_neighbours
 from cmt_gen.design.reach import nearest_bundled, refuse_impossible
+from cmt_gen.design.record import designed_for, proportion_warning, with_record
 from cmt_gen.design.results import Design, DesignResult
 from cmt_gen.design.scaling import (
     DEFAULT_DIVISOR,
@@ -311,20 +312,11 @@ class _Search:
                         if not space.expansions[0] <= e <= space.expansions[-1]:
                             continue
                         frame = self.frame(shape.resolution, stem, channels, self.expansions(e))
-                        for moved in _neighbours(others, limits):
+                        for moved in depth_neighbours(others, limits):
                             self.solve(frame, moved)
 
     def ranked(self, heap: list) -> list[tuple[Shape, int, int, float]]:
         return [(shape, p, m, -neg) for neg, _, shape, p, m in sorted(heap, reverse=True)]
-
-
-def _neighbours(depths: list[int], limits: list[int]) -> Iterable[tuple[int, ...]]:
-    """Every combination of moving each depth by -1, 0 or +1 within 1..limit."""
-    options = [[d + s for s in (-1, 0, 1) if 1 <= d + s <= limit] for d, limit in zip(depths, limits, strict=True)]
-    combos: list[tuple[int, ...]] = [()]
-    for choice in options:
-        combos = [(*c, d) for c in combos for d in choice]
-    return combos
 
 
 def design_specs(
@@ -359,6 +351,7 @@ def design_specs(
     p_tol, m_tol = parse_tolerance(tolerance)
     params_c = parse_budget("params", params, p_tol)
     macs_c = parse_budget("macs", macs, m_tol)
+    source = None if calibration is None or isinstance(calibration, Calibration) else calibration
     calibration, warnings = checked_calibration(calibration, force)
     speed_c = parse_speed_budget(throughput, latency, parse_speed_tolerance(tolerance), calibration)
     if params_c is None and macs_c is None and speed_c is None:
@@ -382,16 +375,20 @@ def design_specs(
     search.refine()
     feasible = bool(search.best)
     ranked = search.ranked(search.best if feasible else search.nearest)[:top]
-    designs = [_realise(spec, label, shape, params_c, macs_c, search, rank, name, divisor)
+    record = designed_for(params_c, macs_c, speed_c, resolution, space.resolutions, spec.resolution,
+                          calibration, source, list(warnings))
+    designs = [_realise(spec, label, shape, params_c, macs_c, search, rank, name, divisor, record)
                for rank, (shape, _, _, _) in enumerate(ranked, 1)]
     designs.sort(key=lambda d: d.score)  # stable: ties keep the search's order
+    if feasible and designs[0].departures:
+        warnings.append(proportion_warning(designs[0]))
     return DesignResult(spec, label, params_c, macs_c, designs, feasible, search.evaluated,
                         time.perf_counter() - start, space, bounds, speed=speed_c,
                         batch_size=search.batch if speed_model else None, warnings=warnings)
 
 
 def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None, macs: Constraint | None,
-             search: _Search, rank: int, name: str | None, divisor: int) -> Design:
+             search: _Search, rank: int, name: str | None, divisor: int, record: Sequence[str] = ()) -> Design:
     """Turn a shape into a validated spec and recount it with `analytic_cost` (and `predict_latency`)."""
     from cmt_gen.cost.analytic import analytic_cost
 
@@ -412,8 +409,10 @@ def _realise(base: CMTSpec, label: str, shape: Shape, params: Constraint | None,
     if (cost.params, cost.macs) != expected:
         raise RuntimeError(f"cost model {expected} disagrees with analytic_cost {(cost.params, cost.macs)}")
     seconds = search.speed_model.predicted(spec) if search.speed_model is not None else None
+    spec, found = with_record(spec, summary, record, seconds, search.batch, shape.depths, shape.channels,
+                              cost.macs)
     meets = all(c.meets(v) for c, v in ((params, cost.params), (macs, cost.macs)) if c is not None)
     if search.speed is not None:
         meets = meets and search.speed.meets(speed_value(search.speed, seconds, search.batch))
     return Design(spec, cost.params, cost.macs, meets, score, search.violation(cost.params, cost.macs, seconds or 0.0),
-                  seconds)
+                  seconds, found)
