@@ -27,7 +27,7 @@ from conftest import REPO, subprocess_env
 README = REPO / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```\s*$", re.S | re.M)
 # Blocks whose lines read what earlier lines wrote: run in order, in one folder.
-RECIPES = ("Designing variants", "Designing for measured speed")
+RECIPES = ("Ten minutes with cmt-gen", "Designing variants", "Designing for measured speed")
 # Lines slow enough on a 2-core CPU to leave to the full suite (they build and time large models, calibrate, or time
 # fresh interpreters).
 SLOW = ("cmt-gen profile", "cmt-gen calibrate", "benchmarks/")
