@@ -11,13 +11,16 @@ import typer
 
 from cmt_gen.cli.common import (
     SET_HELP,
+    THREADS_HELP,
     ReadableCommand,
     console,
     emit_json,
+    err_console,
     family_order,
     literal,
     one_line,
     step_progress,
+    use_threads,
 )
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
@@ -40,6 +43,8 @@ def check(
     force: bool = typer.Option(False, "--force", help="Let fvcore trace a model larger than the free memory."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Fail (exit 1) on documented deviations from the paper too."),
+    threads: int = typer.Option(None, "--threads", help="With a traced counter: " + THREADS_HELP[0].lower()
+                                + THREADS_HELP[1:]),
 ) -> None:
     from cmt_gen.check.budget import COUNTERS, check_budgets, exit_code
     from cmt_gen.errors import CmtGenError
@@ -52,8 +57,21 @@ def check(
         sources += [n for n in family_order(bundled_names()) if n not in sources]
     if not sources:
         raise CmtGenError("name one or more specs, or pass --all for every bundled spec", source="check")
+    threads_note = None
+    if counter != "analytic":  # the analytic counter runs no model (and imports no torch)
+        import torch
+
+        threads_note = use_threads(threads)
+        threads = torch.get_num_threads()
+    elif threads is not None:
+        from cmt_gen.profile.settings import check_threads
+
+        check_threads(threads, "--threads")
     with step_progress("check") as progress:
-        results = check_budgets(sources, counter, overrides=overrides, force=force, progress=progress)
+        results = check_budgets(sources, counter, overrides=overrides, force=force, progress=progress,
+                                threads=threads)
+    if threads_note:
+        err_console.print(literal(threads_note), soft_wrap=True)
     code = exit_code(results, strict=strict)
     if as_json:
         _emit(results, counter, code)

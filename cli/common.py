@@ -197,7 +197,8 @@ def use_threads(threads: int | None) -> str | None:
 
 
 class StepReport:
-    """Progress of a long command on stderr, with its total known up front: a bar on a terminal; when
+    """Progress of long work whose steps are counted up front (`step_progress` is for uncounted steps),
+    on stderr: a bar on a terminal; when
     piped, a line for a step still running after `delay` seconds, and for many short steps (calibrate's
     timings) one line per `every` seconds, so a log never sits silent for long. A command that fails
     within `delay` seconds (a bad input) prints nothing but its one error line."""

@@ -323,7 +323,8 @@ def test_build_refuses_a_model_that_would_not_fit_in_memory(cli):
     assert result.out.strip() == ""  # refused before the stage table: the error is the only output
 
 
-@pytest.mark.parametrize("argv", [["build", "tiny.yaml"], ["export", "tiny.yaml", "-f", "torchscript", "-o", "x.pt"]])
+@pytest.mark.parametrize("argv", [["build", "tiny.yaml"], ["export", "tiny.yaml", "-f", "torchscript", "-o", "x.pt"],
+                                  ["check", "tiny.yaml", "--counter", "fvcore"]])
 def test_commands_that_run_a_model_pick_threads_as_profile_does(cli, tmp_path, monkeypatch, argv) -> None:
     """build and export once used every core while other work ran (a forward 17x slower); they now take
     the cores free of other work, say so on stderr, and take --threads."""

@@ -171,7 +171,8 @@ def check_budget(spec: Any, counter: str = "analytic", *, overrides: Any = None,
 
 
 def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: Any = None, force: bool = False,
-                  workers: int | None = None, progress: Callable[[str], None] | None = None) -> list[BudgetCheck]:
+                  workers: int | None = None, progress: Callable[[str], None] | None = None,
+                  threads: int | None = None) -> list[BudgetCheck]:
     """`check_budget` for several specs, in order; traced counters run in parallel processes.
 
     Every spec is loaded (and so validated) first, so an input error stops the
@@ -180,14 +181,15 @@ def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: A
     with its share of the CPUs' threads) is what shortens a multi-spec traced
     check; the analytic counter needs no torch and runs here. `progress` hears
     one line per spec traced (seconds per model), only once it is done, so a
-    refusal (a model too large to trace) stays the only line.
+    refusal (a model too large to trace) stays the only line. `threads`: the CPU
+    threads to share out (default: every core this process may use).
     """
     from cmt_gen.spec.loading import load_spec
 
     specs = [s if isinstance(s, CMTSpec) and not overrides else load_spec(s, overrides) for s in sources]
     if counter not in COUNTERS:
         raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="counter")
-    cpus = _cpu_count()
+    cpus = threads or _cpu_count()
     workers = min(len(specs), cpus) if workers is None else max(1, workers)
     say = progress if progress is not None and counter != "analytic" else (lambda _text: None)
     if counter == "analytic" or workers <= 1 or len(specs) <= 1:

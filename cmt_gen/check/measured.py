@@ -138,7 +138,11 @@ EXTRA_HANDLES = {
 
 def flop_count_analysis(model: Any, inputs: Any) -> Any:
     """fvcore's FlopCountAnalysis with our handles and explicit ignore sets, warnings off."""
-    from fvcore.nn import FlopCountAnalysis
+    import warnings
+
+    with warnings.catch_warnings():  # fvcore scripts a helper at import: torch's deprecation notice of jit.script
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit\..*deprecated")
+        from fvcore.nn import FlopCountAnalysis
 
     analysis = FlopCountAnalysis(model, inputs)
     analysis.set_op_handle(**EXTRA_HANDLES)
