@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import resource
 
 import pytest
 
@@ -33,32 +32,48 @@ def test_auto_retains_for_cpu_runs_and_defers_to_a_preloaded_allocator(monkeypat
         H.resolve_policy("retain")
 
 
-def _faults_per_forward(forwards: int) -> list[int]:
-    """Minor page faults of each forward of a small conv net whose activations (52 MB) exceed glibc's
-    largest mmap threshold, like CMT-S's stage-1 maps at batch 16."""
-    import torch
+# Run in a fresh interpreter: malloc's state is process-wide history. In a process where earlier work (a
+# profile under `retain`, say) left large free chunks in the heap, even the system policy serves the
+# activations from them without a fault, and the comparison would measure that history, not the policy.
+_FAULTS = """
+import json, resource, torch
+from cmt_gen.profile import host_allocator as H
 
+def faults(forwards):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(32, 64, 1),
                               torch.nn.GELU(), torch.nn.Conv2d(64, 32, 1)).eval()
     x = torch.randn(8, 3, 160, 160)
-    faults = []
+    out = []
     with torch.inference_mode():
         for _ in range(forwards):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             net(x)
-            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return faults
+            out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return out
+
+with H.allocator_policy("system"):
+    system = faults(3)[1:]
+with H.allocator_policy("retain") as policy:
+    retained = faults(4)[2:]  # the heap grows during the first forwards
+print(json.dumps({"system": system, "retained": retained, "policy": policy, "after": H.current_policy()}))
+"""
 
 
 @needs_glibc
 def test_retain_stops_page_faults_once_the_heap_has_grown():
-    with H.allocator_policy("system"):
-        system = _faults_per_forward(3)[1:]
-    with H.allocator_policy("retain") as policy:
-        assert policy == "retain" and H.current_policy() == "retain"
-        retained = _faults_per_forward(4)[2:]  # the heap grows during the first forwards
-    assert H.current_policy() == "system"
+    """Minor page faults per forward of a small conv net whose activations (52 MB) exceed glibc's largest
+    mmap threshold, like CMT-S's stage-1 maps at batch 16."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=300,
+                         env=subprocess_env(), check=True).stdout
+    found = json.loads(out.strip().splitlines()[-1])
+    system, retained = found["system"], found["retained"]
+    assert found["policy"] == "retain" and found["after"] == "system"
     pages = 8 * 64 * 160 * 160 * 4 // 4096
     assert min(system) >= pages // 512, f"{system}: each fresh mmap of an activation faults (4 KiB or 2 MiB pages)"
     assert max(retained) * 20 < min(system), f"{retained} page faults per forward with retain vs {system} without"
