@@ -50,7 +50,7 @@ except ImportError as exc:
                       "with a torchvision built for this torch", source="cmt_gen.timm") from exc
 
 from cmt_gen.model.bias_resize import resize_position_biases
-from cmt_gen.model.convert import check_fit, our_layout, read_checkpoint, unwrap_checkpoint
+from cmt_gen.model.convert import CheckedStateDict, check_fit, our_layout, read_checkpoint, unwrap_checkpoint
 from cmt_gen.model.network import CMT
 from cmt_gen.model.pretrained_cfg import pretrained_cfg_for
 from cmt_gen.spec.loading import load_spec
@@ -70,10 +70,11 @@ class TimmCMT(CMT):
     `load_state_dict`, so it applies the checks of `cmt-gen build --weights` first (all keys when strict)."""
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        own = self.state_dict()
-        state_dict = _resized(our_layout(state_dict, own), own)
-        if strict:
-            check_fit(state_dict, own)
+        if not isinstance(state_dict, CheckedStateDict):  # checked already: `pretrained=True`, load_checkpoint
+            own = self.state_dict()
+            state_dict = _resized(our_layout(state_dict, own), own)
+            if strict:
+                check_fit(state_dict, own)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
@@ -123,7 +124,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, torch.Tensor], model: torch.nn
             own[key] = theirs  # timm folds or repeats these input channels into `in_chans`
     state_dict = _resized(state_dict, own)
     check_fit(state_dict, own, source)
-    return state_dict
+    return CheckedStateDict(state_dict)  # timm adapts it in place, then loads it: no second full check
 
 
 def _resized(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

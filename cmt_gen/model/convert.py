@@ -280,6 +280,11 @@ def check_fit(state_dict: Mapping[str, torch.Tensor], own: Mapping[str, torch.Te
         raise CheckpointError("checkpoint does not fit the spec's model; " + "; ".join(lines), source=source)
 
 
+class CheckedStateDict(dict):
+    """A state dict already under our names with its tensors checked and its fit to the model checked:
+    a model that checks in its own `load_state_dict` (timm's `TimmCMT`) need not read every tensor again."""
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                            source: str | None = None) -> str | None:
     """Load all keys or none; a mismatch lists missing, unexpected and mis-shaped keys at once.
@@ -289,7 +294,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
     own = model.state_dict()
     state_dict, note = resize_position_biases(our_layout(state_dict, own, source), own)
     check_fit(state_dict, own, source)
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(CheckedStateDict(state_dict), strict=True)
     return note
 
 
