@@ -48,15 +48,19 @@ def check(
 ) -> None:
     from cmt_gen.check.budget import COUNTERS, check_budgets, exit_code
     from cmt_gen.errors import CmtGenError
-    from cmt_gen.spec.bundled import bundled_names
+    from cmt_gen.spec.bundled import bundled_detector_names, bundled_names
+    from cmt_gen.spec.detector_loading import is_detector
 
     if counter not in COUNTERS:
         raise CmtGenError(f"unknown counter {counter!r}; choose one of {', '.join(COUNTERS)}", field="--counter")
     sources = list(specs or [])
     if all_specs:
         sources += [n for n in family_order(bundled_names()) if n not in sources]
+        sources += [n for n in bundled_detector_names() if n not in sources]
     if not sources:
         raise CmtGenError("name one or more specs, or pass --all for every bundled spec", source="check")
+    detectors = [s for s in sources if is_detector(s)]
+    sources = [s for s in sources if s not in detectors]
     threads_note = None
     if counter != "analytic":  # the analytic counter runs no model (and imports no torch)
         import torch
@@ -67,26 +71,43 @@ def check(
         from cmt_gen.profile.settings import check_threads
 
         check_threads(threads, "--threads")
+    from cmt_gen.check.detector import check_detectors
+    from cmt_gen.spec.detector_loading import load_detector_spec
+
+    detector_specs = [load_detector_spec(s, overrides) for s in detectors]  # input errors before any count
     with step_progress("check") as progress:
         results = check_budgets(sources, counter, overrides=overrides, force=force, progress=progress,
-                                threads=threads)
+                                threads=threads) if sources else []
+        detected = check_detectors(detector_specs, counter)
     if threads_note:
         err_console.print(literal(threads_note), soft_wrap=True)
-    code = exit_code(results, strict=strict)
+    code = exit_code([*results, *detected], strict=strict)
     if as_json:
-        _emit(results, counter, code)
+        _emit(results, counter, code, detected)
     else:
-        _render(results, counter, code)
+        if results:
+            _render(results, counter, code, last=not detected)
+        if detected:
+            from cmt_gen.cli.check_detectors import render_detectors
+
+            render_detectors(detected, counter, code, EXIT_HELP)
     raise typer.Exit(code)
 
 
-def _emit(results, counter: str, code: int) -> None:
+def _emit(results, counter: str, code: int, detected=()) -> None:
     from cmt_gen.check.budget import DERIVED_TOLERANCE, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
+    from cmt_gen.check.detector import DETECTOR_MACS_UNIT
+    from cmt_gen.cli.check_detectors import convention_records
+    from cmt_gen.cost.tables78 import SWAPPED_NOTE
 
     emit_json({
-        "counter": counter, "units": {"macs": MACS_UNIT, "fvcore_total": FVCORE_UNIT},
+        "counter": counter,
+        "units": {"macs": MACS_UNIT, "fvcore_total": FVCORE_UNIT, "detector_macs": DETECTOR_MACS_UNIT},
         "tolerance": TOLERANCE_RULE, "derived_tolerance": DERIVED_TOLERANCE,
-        "results": [r.as_dict() for r in results], "exit_code": code,
+        "results": [r.as_dict() for r in results],
+        "detectors": [r.as_dict() for r in detected], "tables_7_8": SWAPPED_NOTE,
+        "conventions": convention_records() if any(r.check("macs") for r in detected) else [],
+        "exit_code": code,
     })
 
 
@@ -108,7 +129,7 @@ def _cells(result, quantity: str) -> tuple[str, str]:
     return "\n".join(literal(_target(c)) for c in checks), "\n".join(f"{c.delta_pct:+.2f}%" for c in checks)
 
 
-def _render(results, counter: str, code: int) -> None:
+def _render(results, counter: str, code: int, last: bool = True) -> None:
     from rich.table import Table
 
     from cmt_gen.check.budget import DERIVED_TOLERANCE, FAILING, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
@@ -147,4 +168,5 @@ def _render(results, counter: str, code: int) -> None:
     for r in results:
         for note in r.notes:
             console.print(f"  {one_line(r.spec)}: {one_line(note)}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Exit code {code}. ({EXIT_HELP.removeprefix('Exit code: ')})", soft_wrap=True)
+    if last:
+        console.print(f"Exit code {code}. ({EXIT_HELP.removeprefix('Exit code: ')})", soft_wrap=True)

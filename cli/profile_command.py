@@ -81,6 +81,16 @@ def profile(
     from cmt_gen.spec.bundled import bundled_names
 
     args = list(specs or [])
+    from cmt_gen.spec.detector_loading import is_detector
+
+    detectors = [a for a in args if not is_peer(a) and is_detector(a)]
+    if detectors:
+        _check_detector_options(args, detectors, locals())
+        from cmt_gen.cli.detector_commands import profile_detectors_command
+
+        profile_detectors_command(detectors, overrides, device, batch_size, threads, warmup, iters, repeats, json_path,
+                                  force)
+        return
     # `--compare timm:a timm:b` leaves timm:b among the positional arguments: keep the written order.
     peers = [p.strip() for item in compare or [] for p in item.split(",") if p.strip()]
     peers += [a for a in args if is_peer(a)]
@@ -134,6 +144,32 @@ def profile(
         err_console.print(f"[bold red]{len(run.failed)} of {len(run.results)} model(s) failed[/]; "
                           "the others were measured")
         raise typer.Exit(1)
+
+
+# What `profile` can set for a detector: the rest (precision, compile, forms, peers...) is for backbones.
+DETECTOR_OPTIONS = {"specs", "device", "batch_size", "threads", "warmup", "iters", "repeats", "overrides", "json_path",
+                    "force"}
+_DEFAULTS = {"device": "auto", "allocator": "auto", "fp32_check": True, "channels_last": False,
+             "compile_model": False, "mode": "infer", "allow_slow_precision": False, "force": False}
+
+
+def _check_detector_options(args: list[str], detectors: list[str], given: dict) -> None:
+    from cmt_gen.errors import CmtGenError
+
+    others = [a for a in args if a not in detectors]
+    if others:
+        raise CmtGenError(f"profile detectors and backbones in separate runs (got {', '.join(others)} beside "
+                          f"{', '.join(detectors)})", source="profile")
+    import inspect
+
+    for name in inspect.signature(profile).parameters:
+        value = given[name]
+        if name in DETECTOR_OPTIONS:
+            continue
+        if value not in (None, [], _DEFAULTS.get(name)):
+            flag = "--" + name.replace("_", "-").removesuffix("-model").removesuffix("-path")
+            raise CmtGenError(f"{flag} applies to backbones; a detector profile takes --device, --batch-size, "
+                              "--threads, --warmup, --iters, --repeats, --set, --json and --force", field=flag)
 
 
 def _on_host(settings) -> bool:

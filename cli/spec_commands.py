@@ -43,9 +43,15 @@ def build(
     """Validate, build, print the stage table, run one forward pass, optionally save weights."""
     from cmt_gen.cost.summary import summarize
     from cmt_gen.jobs.build import check_build_fits, check_layout, check_output_path, run_build
+    from cmt_gen.spec.detector_loading import is_detector
     from cmt_gen.spec.loading import load_spec, spec_files
 
     check_layout(layout)
+    if is_detector(spec):
+        from cmt_gen.cli.detector_commands import build_detector_command
+
+        build_detector_command(spec, overrides, weights, output, layout, as_json, force, threads)
+        return
     resolved = load_spec(spec, overrides)
     check_output_path(output, inputs=[*spec_files(spec), weights])
     check_build_fits(resolved, force=force)  # before any output: a refusal is the only line printed
@@ -107,11 +113,17 @@ def validate(
 ) -> None:
     """Check specs against the schema and the design rules (no torch needed); lists every problem, one a line."""
     from cmt_gen.errors import CmtGenError, SpecError
+    from cmt_gen.spec.detector_loading import is_detector, load_detector_spec
     from cmt_gen.spec.loading import load_spec
 
     problems = []
     for source in specs:
         try:
+            if is_detector(source):
+                detector = load_detector_spec(source, overrides)
+                console.print(f"[green]ok[/] {literal(source)}: {literal(detector.name)}, {detector.kind.value} on "
+                              f"{literal(detector.backbone.name)}, {detector.input.width}x{detector.input.height}")
+                continue
             resolved = load_spec(source, overrides)
         except CmtGenError as exc:  # go on: one run reports every problem of every spec
             problems += exc.problems
@@ -154,6 +166,27 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
                       fmt_macs(r["macs"]), literal(r["paper_macs"] or "-"),
                       f"{r['paper_top1']}%" if r["paper_top1"] else "-",
                       str(r["paper_throughput"] or "-"))
+    console.print(table)
+    _list_detectors()
+
+
+def _list_detectors() -> None:
+    """The bundled detector specs, counted at their input size, beside Tables 7 and 8 (swapped headers read right)."""
+    from cmt_gen.cost.detector import detector_cost
+    from cmt_gen.spec.bundled import bundled_detector_names
+    from cmt_gen.spec.detector_loading import load_detector_spec
+
+    table = Table(title="Bundled detectors (paper = CMT Tables 7 and 8)", title_justify="left")
+    for column in ("name", "kind", "backbone", "input (WxH)", "params", "paper params", "MACs", "paper FLOPs"):
+        table.add_column(column, justify="left" if column in ("name", "kind", "backbone") else "right")
+    for name in bundled_detector_names():
+        spec = load_detector_spec(name)
+        cost = detector_cost(spec)
+        ref = spec.reference
+        table.add_row(literal(name), spec.kind.value, literal(spec.backbone.name), f"{cost.width}x{cost.height}",
+                      fmt_params(cost.params), literal(ref.params or "-") if ref else "-",
+                      f"{fmt_macs(cost.macs)} ({fmt_macs(cost.macs_without_attention)} w/o attention)",
+                      literal(ref.macs or "-") if ref else "-")
     console.print(table)
 
 

@@ -26,6 +26,7 @@ LAYERS = {
     "model": 5,
     "check": 6, "export": 6,
     "timm": 6,  # cmt_gen/timm.py: registers specs in timm's registry (beside check, above model)
+    "detection": 6,  # detectors around a CMT backbone (torchvision), their traced counts and FLOP conventions
     "profile": 7, "latency": 7, "jobs": 7,
     "design": 8,
     "cli": 9,

@@ -295,7 +295,7 @@ def _with_attention(spec: dict, impl: str) -> CMT:
     return build_model(spec).eval()
 
 
-@pytest.mark.parametrize("position_bias", ["stage", "block", "none"])
+@pytest.mark.parametrize("position_bias", ["stage", "block", "none", "table"])
 @pytest.mark.parametrize("size", [(64, 64), (96, 32)])
 def test_fused_and_explicit_attention_agree(position_bias, size):
     spec = tiny_spec_dict(block={"position_bias": position_bias})

@@ -89,7 +89,7 @@ def test_attention_and_block_complexity_equal_numel(reduction: int, kind: str, p
             == numel(L.CMTBlock(*block_args, options=no_lpu, grid=grid)))
 
 
-@pytest.mark.parametrize("position_bias", ["stage", "block", "none"])
+@pytest.mark.parametrize("position_bias", ["stage", "block", "none", "table"])
 def test_stage_complexity_equals_numel(position_bias: str) -> None:
     args = (16, 32, 2, 2, 2, 80)
     options = BlockOptions(position_bias=position_bias)
@@ -120,6 +120,7 @@ OPTION_CASES = [
     {"attention": "math", "reduction_kind": "conv_ln", "position_bias": "block", "lpu": False},
     {"attention": "fused", "reduction_kind": "dwconv_bn", "position_bias": "stage", "lpu": True,
      "gelu_approximation": "tanh"},
+    {"attention": "math", "reduction_kind": "dwconv_bn", "position_bias": "table", "lpu": True},
 ]
 
 
@@ -209,7 +210,7 @@ def small_specs(draw) -> dict:
             "attention": draw(st.sampled_from(["fused", "math"])),
             "lpu": draw(st.booleans()),
             "reduction_kind": draw(st.sampled_from(["dwconv_bn", "avgpool", "conv_ln"])),
-            "position_bias": draw(st.sampled_from(["stage", "block", "none"])),
+            "position_bias": draw(st.sampled_from(["stage", "block", "none", "table"])),
         },
     }
 

@@ -54,6 +54,7 @@ BLOCK_OPTIONS = [
     {"reduction_kind": "conv_ln"},
     {"position_bias": "block"},
     {"position_bias": "none"},
+    {"position_bias": "table"},
     {"lpu": False},
     {"gelu_approximation": "tanh"},
 ]

@@ -84,7 +84,8 @@ def test_features_model_scripts_and_traces():
 
 @pytest.mark.parametrize("option", [{"position_bias": "block", "reduction_kind": "avgpool"},
                                     {"position_bias": "none", "reduction_kind": "conv_ln", "attention": "math",
-                                     "lpu": False}])
+                                     "lpu": False},
+                                    {"position_bias": "table"}])
 def test_every_block_option_scripts_and_traces(option):
     torch.manual_seed(0)
     model = build_model(tiny_spec_dict(block=option)).eval()

@@ -26,8 +26,10 @@ def test_wheel_contents(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     wheel = next(tmp_path.glob("cmt_gen-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    bundled = sorted(Path(n).stem for n in names if n.startswith("cmt_gen/specs/") and n.endswith(".yaml"))
-    assert bundled == sorted(p.stem for p in (REPO / "specs").glob("*.yaml"))
+    bundled = sorted(n.removeprefix("cmt_gen/specs/") for n in names
+                     if n.startswith("cmt_gen/specs/") and n.endswith(".yaml"))
+    assert bundled == sorted(p.relative_to(REPO / "specs").as_posix() for p in (REPO / "specs").rglob("*.yaml"))
+    assert "detectors/cmt_s_retinanet.yaml" in bundled
     assert "cmt_gen/cli/app.py" in names
     assert not any(n.startswith(("cli/", "specs/", "tests/")) for n in names)
     modules = {f"cmt_gen/{p.relative_to(REPO / 'cmt_gen').as_posix()}" for p in (REPO / "cmt_gen").rglob("*.py")}

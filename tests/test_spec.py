@@ -187,7 +187,7 @@ def test_several_problems_are_listed_in_one_message():
     ("drop_path=-0.1", "drop_path", "greater than or equal to 0"),
     ("num_classes=-1", "num_classes", "greater than or equal to 0"),
     ("block.reduction_kind=maxpool", "block.reduction_kind", "'dwconv_bn', 'avgpool' or 'conv_ln'"),
-    ("block.position_bias=global", "block.position_bias", "'stage', 'block' or 'none'"),
+    ("block.position_bias=global", "block.position_bias", "'stage', 'block', 'none' or 'table'"),
 ])
 def test_design_rules_name_the_field_and_the_rule(override, field, fragment, tmp_path):
     path = tmp_path / "tiny.yaml"

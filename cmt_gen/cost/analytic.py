@@ -110,6 +110,21 @@ def position_bias_params(heads: int, h: int, w: int, reduction: int) -> int:
     return heads * (h * w) * ((h // reduction) * (w // reduction))
 
 
+def position_bias_table_params(heads: int, h: int, w: int, reduction: int) -> int:
+    """Offset table (heads, 2h - k, 2w - k) of a stage of h x w tokens: a key cell j covers query rows
+    kj..kj+k-1, so the offset q - kj runs over -(h - k)..h - 1."""
+    return heads * (2 * h - reduction) * (2 * w - reduction)
+
+
+def stage_bias_params(kind: str, heads: int, h: int, w: int, reduction: int) -> int:
+    """Parameters of the position bias a stage owns (`stage`, `table`; none for `block`, `none`)."""
+    if kind == "stage":
+        return position_bias_params(heads, h, w, reduction)
+    if kind == "table":
+        return position_bias_table_params(heads, h, w, reduction)
+    return 0
+
+
 def lmhsa_cost(cx: Cx, dim: int, heads: int, reduction: int, *, options: BlockOptions = RELEASED,
                qkv_bias: bool = True) -> Cx:
     n = cx.h * cx.w
@@ -155,8 +170,7 @@ def cmt_stage_cost(cx: Cx, c_in: int, dim: int, depth: int, heads: int, reductio
     before = cx.acts
     patch_aggregation_cost(cx, c_in, dim)
     cx.peak = max(cx.peak, cx.acts - before)
-    if options.position_bias.value == "stage":
-        cx.params += position_bias_params(heads, cx.h, cx.w, reduction)
+    cx.params += stage_bias_params(options.position_bias.value, heads, cx.h, cx.w, reduction)
     block = cmt_block_cost(cx.fork(), dim, heads, reduction, hidden, options=options, qkv_bias=qkv_bias)
     cx.params += depth * block.params
     cx.macs += depth * block.macs
@@ -240,7 +254,7 @@ def analytic_cost(spec, height: int | None = None, width: int | None = None) -> 
     """Parameters, MACs and activations of a `CMTSpec`, per part; no model is built.
 
     Parameters include the position bias at the spec's own resolution (the
-    model keeps that shape and resamples it for other inputs).
+    model keeps that shape and resamples it, or clamps its table's offsets, for other inputs).
     """
     if not isinstance(spec, CMTSpec):
         from cmt_gen.spec.loading import load_spec
@@ -273,7 +287,27 @@ def _bias_shape_correction(spec, index: int, stage, h: int, w: int) -> int:
     """Position biases keep the spec resolution's shape when the input size differs."""
     native = spec.resolution // 2 ** (index + 2)
     here_h, here_w = h // 2 ** (index + 2), w // 2 ** (index + 2)
-    copies = stage.depth if spec.block.position_bias.value == "block" else 1
-    own = position_bias_params(stage.heads, native, native, stage.reduction)
-    counted = position_bias_params(stage.heads, here_h, here_w, stage.reduction)
-    return copies * (own - counted)
+    kind = spec.block.position_bias.value
+    if kind == "block":
+        own = stage.depth * position_bias_params(stage.heads, native, native, stage.reduction)
+        return own - stage.depth * position_bias_params(stage.heads, here_h, here_w, stage.reduction)
+    own = stage_bias_params(kind, stage.heads, native, native, stage.reduction)
+    return own - stage_bias_params(kind, stage.heads, here_h, here_w, stage.reduction)
+
+
+def position_bias_elements(spec, height: int | None = None, width: int | None = None) -> list[int]:
+    """Per stage, the position-bias values a forward at height x width materialises: heads x N x N / k^2
+    for `stage` and `table` (the resampled bias or the gathered table), that per block for `block`, 0 for
+    `none`. What the biases cost in memory at a detector's size (CMT-S at 1280x800: 120M, 480 MB fp32)."""
+    if not isinstance(spec, CMTSpec):
+        from cmt_gen.spec.loading import load_spec
+
+        spec = load_spec(spec)
+    h = spec.resolution if height is None else height
+    w = spec.resolution if width is None else width
+    kind = spec.block.position_bias.value
+    out = []
+    for stage, (sh, sw) in zip(spec.stages, spec.stage_sizes(h, w), strict=True):
+        per_bias = position_bias_params(stage.heads, sh, sw, stage.reduction)
+        out.append({"none": 0, "block": stage.depth * per_bias}.get(kind, per_bias))
+    return out

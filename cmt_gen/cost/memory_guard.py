@@ -75,3 +75,10 @@ def check_fits(spec, height: int, width: int, batch: int, *, action: str, altern
             f"GiB, from the analytic count), more than the {limit / 2**30:.1f} GiB available; {alternative}",
             source=spec.name, field=field,
         )
+
+
+def check_detector_fits(spec, batch: int, force: bool, action: str) -> None:
+    """Refuse up front, from the backbone's analytic activations at the detector's input, a run that would not fit."""
+    h, w = spec.input.height, spec.input.width
+    check_fits(spec.backbone, h, w, batch, action=action, alternative="lower the detector's input size, "
+               "or pass --force", field="input", force=force, mode="infer")

@@ -10,7 +10,10 @@ from cmt_gen.deploy import onednn
 from cmt_gen.deploy.folding import fold_affine_before, parameter
 from cmt_gen.deploy.value_probe import value_probe
 from cmt_gen.ops import capture
-from cmt_gen.ops.position_bias import resample_position_bias
+from cmt_gen.ops.position_bias import gather_table, resample_position_bias, table_bias, table_index
+
+# FX records the table's gather as one call: torch < 2.3 cannot trace torch.arange of a symbolic size.
+torch.fx.wrap("table_bias")
 
 
 def tokens_as_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -101,21 +104,52 @@ def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: 
     return resample_position_bias(bias, grid, (grid[0] // r, grid[1] // r), (h, w), (h // r, w // r))
 
 
-class BiasAtSize:
-    """Mixin for the owners of a position bias: the bias at an input's grid and dtype, resampled
-    once per size and cached, not per forward (in eager mode; traced graphs resample)."""
+_CACHE_STATE = ["_bias_cache", "_bias_source", "_bias_probe", "_index_cache"]
 
-    def _bias_at(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
+
+class BiasAtSize:
+    """Mixin for the owners of a position bias, of both forms: the bias at an input's grid and dtype.
+
+    A (heads, N, N / r^2) bias stored for `grid` is resampled, an offset table (`table=True`) gathered.
+    In eager mode, where `_may_cache_bias()` allows (always in the deploy form; the trained
+    `CMTStage` in eval mode without grad), it is made once per size and cached, not per forward, and
+    remade when the weight changes (version counter, and `value_probe` for writes through `.data`).
+    Graphs (script, trace, FX, export, compile) compute it in the graph, so they hold at every size.
+    """
+
+    __jit_ignored_attributes__ = _CACHE_STATE  # eager-only; TorchScript cannot type their keys
+
+    def _bias_at(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype, table: bool = False) -> torch.Tensor:
         if torch.jit.is_scripting():
-            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
-        return self._cached_bias(bias, h, w, dtype)
+            return self._bias_in_graph(bias, h, w, table).to(dtype)
+        return self._cached_bias(bias, h, w, dtype, table)
+
+    def _bias_in_graph(self, bias: torch.Tensor, h: int, w: int, table: bool) -> torch.Tensor:
+        if table:
+            return table_bias(bias, self.grid, self.reduction_ratio, h, w)
+        return resample_bias(bias, self.grid, self.reduction_ratio, h, w)
 
     @torch.jit.unused
-    def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
-        if capture.graph_capture():
-            return resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
-        if (h, w) == tuple(self.grid) and bias.dtype == dtype:
-            return bias
+    def _may_cache_bias(self) -> bool:
+        """The deploy form's weights are frozen: always. The trained stage overrides this."""
+        return True
+
+    @torch.jit.unused
+    def _recording(self) -> bool:
+        """A graph records the forward. The trained stage asks `recording()` alone, as it always did: the
+        ONNX probe imports torch.onnx (a second on torch 2.2), and each ONNX exporter traces or exports."""
+        return capture.recording() or capture.graph_capture()
+
+    @torch.jit.unused
+    def _cached_bias(self, bias: torch.Tensor, h: int, w: int, dtype: torch.dtype, table: bool) -> torch.Tensor:
+        if self._recording():
+            return self._bias_in_graph(bias, h, w, table).to(dtype)
+        if not table and (h, w) == tuple(self.grid) and bias.dtype == dtype:
+            return bias  # resampling at the stored grid is an exact copy (`ops.position_bias`)
+        if not self._may_cache_bias() or bias.is_inference():  # an inference tensor has no version to watch
+            for name in ("_bias_cache", "_bias_source"):  # training again: free what evaluation cached
+                self.__dict__.pop(name, None)
+            return self._eager_bias(bias, h, w, table).to(dtype)
         source = (bias.data_ptr(), bias._version)  # new weights (load_state_dict, copy_) make the cache stale
         probe = getattr(self, "_bias_probe", None)  # ...and so do writes through .data (see value_probe)
         if getattr(self, "_bias_source", None) != source or (probe is not None and probe[0]() != probe[1]):
@@ -125,5 +159,23 @@ class BiasAtSize:
         key = (h, w, dtype, bias.device)
         if key not in self._bias_cache:
             with torch.no_grad():
-                self._bias_cache[key] = resample_bias(bias, self.grid, self.reduction_ratio, h, w).to(dtype)
+                self._bias_cache[key] = self._eager_bias(bias, h, w, table).to(dtype)
         return self._bias_cache[key]
+
+    @torch.jit.unused
+    def _eager_bias(self, bias: torch.Tensor, h: int, w: int, table: bool) -> torch.Tensor:
+        """The bias at h x w; a table's index made once per (grid, device): it depends on nothing else."""
+        if not table:
+            return resample_bias(bias, self.grid, self.reduction_ratio, h, w)
+        cache = self.__dict__.setdefault("_index_cache", {})
+        key = (h, w, bias.device)
+        if key not in cache:
+            cache[key] = table_index(self.grid, self.reduction_ratio, h, w, bias.device)
+        return gather_table(bias, cache[key])
+
+    @torch.jit.unused
+    def __getstate__(self) -> dict:
+        """Pickles and deep copies leave the caches behind: the probe is a closure (no pickle), and a copy's
+        weights are new tensors that would refill them anyway."""
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in _CACHE_STATE}

@@ -195,7 +195,7 @@ def reparameterize_block(block: nn.Module, kernel: str | None = None) -> None:
 
 
 class DeployCMTStage(DeployForm, BiasAtSize, nn.Module):
-    """Patch aggregation, the stage's bias at this size (cached), the blocks on shared token memory;
+    """Patch aggregation, the stage's bias (or offset table) at this size (cached), the blocks on shared token memory;
     on CPU in eager mode, a few images at a time where a batch would spill the cache (`cache_chunks`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,6 +209,8 @@ class DeployCMTStage(DeployForm, BiasAtSize, nn.Module):
         bias: torch.Tensor | None = None
         if self.position_bias is not None:
             bias = self._bias_at(self.position_bias, h, w, tokens.dtype)
+        if self.position_bias_table is not None:
+            bias = self._bias_at(self.position_bias_table, h, w, tokens.dtype, True)
         if not torch.jit.is_scripting():  # TorchScript drops this block only when it stands alone
             parts = stage_chunks(tokens, self.widest_channels)
             if len(parts) > 1:

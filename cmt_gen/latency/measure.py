@@ -103,6 +103,6 @@ def build_part(part: PartShape, options: CalibratedBlockOptions, batch: int):
     h, w, k = part.height, part.width, part.reduction
     block = layers.CMTBlock(part.c_out, part.heads, k, part.hidden, options=options.spec_options(),
                             qkv_bias=options.qkv_bias, grid=(h, w))
-    has_stage_bias = options.position_bias.value == "stage"
+    has_stage_bias = options.position_bias.value in ("stage", "table")  # a table's lookup is a bias of this shape
     bias = torch.randn(part.heads, h * w, (h // k) * (w // k)) if has_stage_bias else None
     return block, [torch.randn(batch, h * w, part.c_out), h, w, bias]

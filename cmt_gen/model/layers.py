@@ -16,6 +16,7 @@ from torch import nn
 from cmt_gen.cost import analytic as complexity
 from cmt_gen.deploy import attention as deploy_attention
 from cmt_gen.deploy import rewrite as deploy
+from cmt_gen.deploy.blocks import BiasAtSize
 from cmt_gen.deploy.hook import Reparameterizable
 from cmt_gen.errors import InputShapeError
 from cmt_gen.ops.capture import recording
@@ -189,6 +190,12 @@ def new_position_bias(heads: int, h: int, w: int, reduction: int) -> nn.Paramete
     return nn.Parameter(torch.randn(heads, h * w, (h // reduction) * (w // reduction)))
 
 
+def new_position_bias_table(heads: int, h: int, w: int, reduction: int) -> nn.Parameter:
+    """Learnable offset table (heads, 2h - k, 2w - k) (`ops.position_bias.table_index`), initialised from
+    N(0, 1) as the released bias: at the own grid each entry is one of its values, repeated per offset."""
+    return nn.Parameter(torch.randn(heads, 2 * h - reduction, 2 * w - reduction))
+
+
 class LightweightMHSA(Reparameterizable, nn.Module):
     """LMHSA: q from all tokens; k, v from the reduced map; softmax(q k^T * scale + B) v; proj."""
 
@@ -290,8 +297,12 @@ class CMTBlock(Reparameterizable, nn.Module):
         return x + self.drop_path(map_to_tokens(y))
 
 
-class CMTStage(Reparameterizable, nn.Module):
-    """Patch aggregation, the stage's shared position bias, then `depth` CMT blocks."""
+class CMTStage(Reparameterizable, BiasAtSize, nn.Module):
+    """Patch aggregation, the stage's shared position bias (or offset table), then `depth` CMT blocks.
+
+    At another input size the bias is resampled (the table gathered); in eval mode without grad that is
+    cached per size (`deploy.blocks.BiasAtSize`): a detector at 1280x800 would otherwise redo it per forward.
+    """
 
     complexity = staticmethod(complexity.cmt_stage_cost)
     deploy_rewrite = staticmethod(deploy.reparameterize_stage)
@@ -305,8 +316,10 @@ class CMTStage(Reparameterizable, nn.Module):
         self.kv_grid = (grid[0] // reduction, grid[1] // reduction)
         self.reduction_ratio = reduction
         self.downsample = PatchAggregation(c_in, dim)
-        self.position_bias = (
-            new_position_bias(heads, grid[0], grid[1], reduction) if options.position_bias.value == "stage" else None
+        kind = options.position_bias.value
+        self.position_bias = new_position_bias(heads, grid[0], grid[1], reduction) if kind == "stage" else None
+        self.position_bias_table = (
+            new_position_bias_table(heads, grid[0], grid[1], reduction) if kind == "table" else None
         )
         self.blocks = nn.ModuleList(
             CMTBlock(dim, heads, reduction, hidden, options=options, qkv_bias=qkv_bias, grid=grid,
@@ -318,18 +331,28 @@ class CMTStage(Reparameterizable, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, 2H, 2W) -> (B, C, H, W)."""
         tokens, h, w = self.downsample(x)
-        r = self.reduction_ratio
         if not torch.jit.is_scripting():
             self.check_grid(h, w)
-        bias = self.position_bias
-        if bias is not None:
-            bias = position_bias_at(bias, self.grid, self.kv_grid, (h, w), (h // r, w // r))
+        bias: torch.Tensor | None = None
+        if self.position_bias is not None:
+            bias = self._bias_at(self.position_bias, h, w, self.position_bias.dtype)
+        if self.position_bias_table is not None:
+            bias = self._bias_at(self.position_bias_table, h, w, self.position_bias_table.dtype, True)
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(block, tokens, h, w, bias, use_reentrant=False)
             else:
                 tokens = block(tokens, h, w, bias)
         return tokens_to_map(tokens, h, w)
+
+    @torch.jit.unused
+    def _may_cache_bias(self) -> bool:
+        """Only when nothing can train the bias: eval mode, no grad (never while recording: BiasAtSize)."""
+        return not self.training and not torch.is_grad_enabled()
+
+    @torch.jit.unused
+    def _recording(self) -> bool:
+        return recording()
 
     @torch.jit.unused
     def check_grid(self, h: int, w: int) -> None:

@@ -194,7 +194,7 @@ class CMT(nn.Module):
         return self
 
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith("position_bias")}
+        return {n for n, _ in self.named_parameters() if n.endswith(("position_bias", "position_bias_table"))}
 
 
 class CMTFeatures(CMT):

@@ -34,3 +34,25 @@ def unknown_name_rule(text: str) -> str:
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
     return f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})"
 
+
+
+def bundled_detector_dir() -> Path:
+    """Bundled detector specs: a folder of their own, so every `specs/*.yaml` stays a backbone."""
+    return bundled_dir() / "detectors"
+
+
+def bundled_detector_names() -> list[str]:
+    return sorted(p.stem for p in bundled_detector_dir().glob("*.yaml"))
+
+
+def bundled_detector_path(name: str) -> Path | None:
+    key = name.strip().lower().replace("-", "_")
+    return bundled_detector_dir() / f"{key}.yaml" if key in bundled_detector_names() else None
+
+
+def unknown_detector_rule(text: str) -> str:
+    names = bundled_detector_names()
+    hint = difflib.get_close_matches(text.lower().replace("-", "_"), names, n=1)
+    suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
+    return f"no bundled detector spec or file named {text!r}{suggestion} (bundled: {', '.join(names)})"
+

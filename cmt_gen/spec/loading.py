@@ -7,7 +7,7 @@ Everything that can go wrong here is a user mistake, so every failure is a
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +135,21 @@ def apply_override(data: dict, parts: list[str], value: Any, origin: str) -> dic
 # ---------------------------------------------------------------- resolution
 
 def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
-                     reads: list[Path] | None = None) -> tuple[dict, str]:
+                     reads: list[Path] | None = None, finder: Callable[[str], Path | None] = bundled_path,
+                     unknown: Callable[[str], str] = unknown_name_rule) -> tuple[dict, str]:
     """Read a spec source into a plain dict with `extends` resolved; returns (data, origin).
 
     Every file read is appended to `reads` (when given): outputs must never land on them.
+    `finder` maps a bundled name to its file (backbones by default; detectors pass their own).
     """
     if isinstance(source, Mapping):
         data, origin, base_dir = dict(source), "<dict>", Path.cwd()
     else:
         text = str(source)
         path = Path(text)
-        bundled = None if looks_like_path(text) or _is_file(path) else bundled_path(text)
+        bundled = None if looks_like_path(text) or _is_file(path) else finder(text)
         if bundled is None and not _exists(path) and not looks_like_path(text):
-            raise SpecError(unknown_name_rule(text), source=text)
+            raise SpecError(unknown(text), source=text)
         path = bundled or path
         origin = str(source) if bundled is None else f"{text} ({path.name})"
         data, base_dir = read_yaml_file(path), path.resolve().parent
@@ -176,9 +178,9 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
         if parent_path.resolve().as_posix() in chain:
             cycle = [Path(p).name for p in (*chain, parent_path.resolve().as_posix())]
             raise SpecError(f"cycle: {' -> '.join(cycle)}", source=origin, field="extends")
-    elif bundled_path(parent) is None:
-        raise SpecError(unknown_name_rule(parent), source=origin, field="extends")
-    base, _ = _raw_from_source(parent_source, chain, reads)
+    elif finder(parent) is None:
+        raise SpecError(unknown(parent), source=origin, field="extends")
+    base, _ = _raw_from_source(parent_source, chain, reads, finder, unknown)
     merged = _merge(base, data, "", origin)
     changed = [p for p in _leaf_paths(data) if affects_cost(p)]
     _mark_derived(merged, base, f"extends {parent}", changed, keeps_reference="reference" in data,

@@ -73,6 +73,7 @@ class PositionBias(str, Enum):
     stage = "stage"  # released: one bias per stage, shared by its blocks
     block = "block"  # one bias per block
     none = "none"  # no bias
+    table = "table"  # one table per stage indexed by query-key offset: its size never depends on the input's
 
 
 class GeluApproximation(str, Enum):
@@ -355,7 +356,11 @@ def _size_problems(spec: CMTSpec, height: int, width: int) -> list[tuple[str, st
         tokens, kv = h * w, (h // stage.reduction) * (w // stage.reduction)
         params += 4 * c_in * c + stage.depth * (4 * c * c + 2 * c * e + 9 * (c + e))
         bias = stage.heads * tokens * kv
-        params += bias * (stage.depth if spec.block.position_bias == PositionBias.block else 1)
+        if spec.block.position_bias == PositionBias.table:  # (heads, 2 Hs - k, 2 Ws - k) at the spec's own grid
+            side = spec.resolution // 2 ** (i + 2)
+            params += stage.heads * (2 * side - stage.reduction) ** 2
+        else:
+            params += bias * (stage.depth if spec.block.position_bias == PositionBias.block else 1)
         if bias > worst[0]:
             worst = (float(bias), f"stages.{i}")
         c_in = c

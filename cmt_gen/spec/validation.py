@@ -74,16 +74,16 @@ def _loc(err: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(p) for p in err.get("loc", ()))
 
 
-def _key_hint(loc: tuple[str, ...]) -> tuple[str | None, list[str]]:
+def _key_hint(loc: tuple[str, ...], root: type[BaseModel] = CMTSpec) -> tuple[str | None, list[str]]:
     """The field an unknown key most likely meant (or None), and the keys allowed at its place."""
-    model = _model_at(list(loc[:-1]))
+    model = _model_at(list(loc[:-1]), root)
     known = sorted(model.model_fields) if model else []
     hint = difflib.get_close_matches(loc[-1], known, n=1) if loc else []
     return (hint[0] if hint else None), known
 
 
-def _describe(err: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """One pydantic error as (field, rule) pairs: one, or each broken design rule."""
+def _describe(err: Mapping[str, Any], root: type[BaseModel] = CMTSpec) -> list[tuple[str, str]]:
+    """One pydantic error as (field, rule) pairs: one, or each broken design rule (`root`: the model validated)."""
     loc = _loc(err)
     field = ".".join(loc)
     kind = err.get("type", "")
@@ -91,7 +91,7 @@ def _describe(err: Mapping[str, Any]) -> list[tuple[str, str]]:
     if isinstance(inner, _DesignRuleError):
         return list(inner.problems)
     if kind == "extra_forbidden":
-        hint, known = _key_hint(loc)
+        hint, known = _key_hint(loc, root)
         suggestion = f"; did you mean {hint!r}?" if hint else ""
         return [(field, f"unknown key {loc[-1]!r}{suggestion} (allowed: {', '.join(known)})")]
     if kind == "missing":
@@ -110,11 +110,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
+def _model_at(loc: list[str], root: type[BaseModel] = CMTSpec) -> type[BaseModel] | None:
     """The pydantic model that sits at a location such as ['stages', '2']."""
     import typing
 
-    model: Any = CMTSpec
+    model: Any = root
     for part in loc:
         if part.isdigit():
             continue
