@@ -78,7 +78,7 @@ def check(
     with step_progress("check") as progress:
         results = check_budgets(sources, counter, overrides=overrides, force=force, progress=progress,
                                 threads=threads) if sources else []
-        detected = check_detectors(detector_specs, counter)
+        detected = check_detectors(detector_specs, counter, force=force)
     if threads_note:
         err_console.print(literal(threads_note), soft_wrap=True)
     code = exit_code([*results, *detected], strict=strict)

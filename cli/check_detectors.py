@@ -47,7 +47,8 @@ def render_detectors(results, counter: str, code: int, exit_help: str) -> None:
         parts = ", ".join(f"{part} {params / 1e6:.2f}M / {macs / 1e9:.1f}G" for part, (params, macs) in r.parts.items())
         console.print(f"  {name}: {parts}", markup=False, highlight=False, soft_wrap=True)
         console.print(f"  {name}: position biases at {r.width}x{r.height}: {r.bias_values / 1e6:.1f}M values "
-                      f"({r.bias_values * 4 / 2**20:,.0f} MiB in float32) materialised per forward",
+                      f"({r.bias_values * 4 / 2**20:,.0f} MiB in float32), made for each input size (kept per size "
+                      "in eval mode without gradients)",
                       markup=False, highlight=False, soft_wrap=True)
         for note in r.notes:
             console.print(f"  {name}: {one_line(note)}", markup=False, highlight=False, soft_wrap=True)
@@ -84,6 +85,9 @@ def render_conventions() -> None:
                       mark(f"{r['macs'] / 1e9:.2f}G", ok["MACs (conv, linear)"]),
                       mark(f"{r['mmcv_flops'] / 1e9:.2f}G", ok["FLOPs (mmcv hooks)"]), r["printed_flops"])
     console.print(table)
-    console.print("✓ = rounds to the printed figure. Only mmcv's conventions land on both rows: parameters that "
-                  "train (mmdetection freezes ResNet's stem and first stage) and FLOPs from module hooks; so the "
-                  "CMT rows are checked in those conventions.", soft_wrap=True)
+    landing = [name for name in records[0]["matches"] if all(r["matches"][name] for r in records)]
+    console.print("✓ = rounds to the printed figure. Conventions that land on every row: "
+                  f"{', '.join(landing) or 'none'} (trainable: mmdetection freezes ResNet's stem and first stage; "
+                  "mmcv hooks: conv and linear MACs without attention matmuls, plus bias adds, norms and ReLUs). "
+                  "The CMT rows' FLOPs are checked in mmcv's convention; CMT-S is counted with every parameter "
+                  "(no frozen stages).", soft_wrap=True)

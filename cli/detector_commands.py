@@ -42,9 +42,9 @@ def build_detector_command(source: str, overrides, weights: Path | None, output:
     check_detector_fits(spec, 1, force, "building and running the detector")
     threads_note = use_threads(threads)
     cost = detector_cost(spec)
+    result = run_detector_build(spec, weights=weights, output=output, force=force)  # any refusal is the only line
     if not as_json:
         print_detector_parts(spec, cost)
-    result = run_detector_build(spec, weights=weights, output=output, force=force)
     if threads_note:
         err_console.print(literal(threads_note), soft_wrap=True)
     if as_json:

@@ -173,11 +173,13 @@ def list_specs(as_json: bool = typer.Option(False, "--json", help="Print JSON.")
 def _list_detectors() -> None:
     """The bundled detector specs, counted at their input size, beside Tables 7 and 8 (swapped headers read right)."""
     from cmt_gen.cost.detector import detector_cost
+    from cmt_gen.cost.hook_convention import detector_hook_count
     from cmt_gen.spec.bundled import bundled_detector_names
     from cmt_gen.spec.detector_loading import load_detector_spec
 
     table = Table(title="Bundled detectors (paper = CMT Tables 7 and 8)", title_justify="left")
-    for column in ("name", "kind", "backbone", "input (WxH)", "params", "paper params", "MACs", "paper FLOPs"):
+    for column in ("name", "kind", "backbone", "input (WxH)", "params", "paper params", "MACs", "mmcv FLOPs",
+                   "paper FLOPs"):
         table.add_column(column, justify="left" if column in ("name", "kind", "backbone") else "right")
     for name in bundled_detector_names():
         spec = load_detector_spec(name)
@@ -186,7 +188,7 @@ def _list_detectors() -> None:
         table.add_row(literal(name), spec.kind.value, literal(spec.backbone.name), f"{cost.width}x{cost.height}",
                       fmt_params(cost.params), literal(ref.params or "-") if ref else "-",
                       f"{fmt_macs(cost.macs)} ({fmt_macs(cost.macs_without_attention)} w/o attention)",
-                      literal(ref.macs or "-") if ref else "-")
+                      fmt_macs(detector_hook_count(spec)), literal(ref.macs or "-") if ref else "-")
     console.print(table)
 
 

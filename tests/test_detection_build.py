@@ -123,7 +123,7 @@ CASES = [
                      "rpn": {"convs": 2, "aspect_ratios": [1.0, 2.0]},
                      "box_head": {"fcs": 3, "fc_channels": 40, "roi_size": 5}}),
     ("mask_rcnn", {}),
-    ("mask_rcnn", {"mask_head": {"convs": 0, "channels": 24, "roi_size": 7}, "num_classes": 3}),
+    ("mask_rcnn", {"mask_head": {"convs": 0, "channels": 24, "roi_size": 7, "proposals": 10}, "num_classes": 3}),
 ]
 
 

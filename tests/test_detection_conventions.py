@@ -202,13 +202,15 @@ def test_mmcv_convention_reproduces_cmt_s_flops(detector, printed):
 
 # ---------------------------------------------------------------- the analytic conventions (what `check` prints)
 
-@pytest.mark.parametrize(("kind", "backbone_changes"), [
-    ("retinanet", {}),
-    ("mask_rcnn", {}),
-    ("faster_rcnn", {"block": {"reduction_kind": "avgpool", "lpu": False}}),
-    ("mask_rcnn", {"block": {"reduction_kind": "conv_ln", "position_bias": "table"}}),
+@pytest.mark.parametrize(("kind", "backbone_changes", "changes"), [
+    ("retinanet", {}, {}),
+    ("retinanet", {}, {"retina_head": {"stacked_convs": 0}, "fpn": {"extra_source": "output", "extra_levels": 3}}),
+    ("mask_rcnn", {}, {}),
+    ("faster_rcnn", {"block": {"reduction_kind": "avgpool", "lpu": False}}, {"rpn": {"convs": 2}}),
+    ("mask_rcnn", {"block": {"reduction_kind": "conv_ln", "position_bias": "table"}},
+     {"mask_head": {"convs": 0, "proposals": 8}, "box_head": {"fcs": 3, "proposals": 40}}),
 ])
-def test_analytic_hook_count_equals_mmcvs_hooks_on_the_built_detector(kind, backbone_changes):
+def test_analytic_hook_count_equals_mmcvs_hooks_on_the_built_detector(kind, backbone_changes, changes):
     """`cost.hook_convention` (torch-free, what `check` prints) == mmcv's rules run on the built model, plus the
     ReLU modules mmdetection has where torchvision calls F.relu (and back)."""
     from conftest import tiny_spec_dict
@@ -223,7 +225,7 @@ def test_analytic_hook_count_equals_mmcvs_hooks_on_the_built_detector(kind, back
         data["box_head"] = {"proposals": 40}
     if kind == "mask_rcnn":
         data["mask_head"] = {"proposals": 8}
-    spec = load_detector_spec(data)
+    spec = load_detector_spec({**data, **changes})
     model = build_detector(spec)
     hooked = mmcv_style_count(counting_forward(model, spec), counting_input(spec))
     assert detector_hook_count(spec) == hooked + mmdet_relu_delta(spec)

@@ -177,3 +177,59 @@ def test_a_detector_budget_is_checked_like_a_backbones(cli, tmp_path) -> None:
     statuses = {c["quantity"]: c["status"] for c in record["checks"]}
     assert statuses == {"params": "outside budget", "macs": "within budget"}
     assert not any(c["against"] == "paper" for c in record["checks"])  # another network: the paper's figures left
+
+
+def test_a_backbone_path_stays_relative_to_the_file_that_writes_it(tmp_path, monkeypatch) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "bb.yaml").write_text("name: bb\nextends: cmt_xs\n")
+    (tmp_path / "a" / "det.yaml").write_text("name: det\nkind: retinanet\nbackbone: bb.yaml\n")
+    (tmp_path / "b" / "child.yaml").write_text("name: child\nextends: ../a/det.yaml\n")
+    assert load_detector_spec(tmp_path / "b" / "child.yaml").backbone.name == "bb"
+    monkeypatch.chdir(tmp_path / "a")  # a path typed with --set is relative to the working folder
+    assert load_detector_spec("cmt_s_retinanet", ["backbone=bb.yaml"]).backbone.name == "bb"
+    from cmt_gen.spec.detector_loading import detector_files
+
+    files = {p.resolve() for p in detector_files(tmp_path / "b" / "child.yaml")}
+    assert {(tmp_path / d).resolve() for d in ("b/child.yaml", "a/det.yaml", "a/bb.yaml")} <= files
+
+
+def test_mask_rois_are_among_the_box_rois() -> None:
+    with pytest.raises(SpecError, match="at most box_head.proposals"):
+        load_detector_spec("cmt_s_mask_rcnn", ["mask_head.proposals=2000"])
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["export", "cmt_s_retinanet", "--format", "onnx", "-o", "x.onnx"], ["is a bundled detector spec"]),
+    (["new", "x", "--from", "cmt_s_mask_rcnn", "-o", "x.yaml"], ["is a bundled detector spec"]),
+    (["check", "cmt_s_retinanat"], ["did you mean 'cmt_s_retinanet'"]),
+])
+def test_a_detector_where_a_backbone_belongs_is_one_clear_line(cli, tmp_path, monkeypatch, argv, words) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = cli(*argv)
+    assert result.code == 2 and len(result.err.strip().splitlines()) == 1, result.err
+    assert all(w in result.err for w in words), result.err
+
+
+def test_detector_files_without_kind_or_extending_a_backbone_say_so(cli, tmp_path) -> None:
+    no_kind = tmp_path / "no_kind.yaml"
+    no_kind.write_text("name: x\nbackbone: cmt_s\n")
+    result = cli("check", no_kind)
+    assert result.code == 2 and "kind: required field is missing" in result.err
+    wrong_base = tmp_path / "wrong_base.yaml"
+    wrong_base.write_text("name: x\nextends: cmt_s\nkind: retinanet\nbackbone: cmt_s\n")
+    result = cli("check", wrong_base)
+    assert result.code == 2 and "extends" in result.err and "backbone" in result.err
+    assert len(result.err.strip().splitlines()) == 1
+    as_backbone = tmp_path / "as_backbone.yaml"
+    as_backbone.write_text("name: x\nkind: retinanet\nbackbone: cmt_s\n")
+    result = cli("export", as_backbone, "--format", "onnx", "-o", tmp_path / "x.onnx")
+    assert result.code == 2 and "this is a detector spec" in result.err
+
+
+def test_provenance_figures_are_the_computed_counts() -> None:
+    """The bundled spec's discrepancy line quotes counts: they must be what cmt-gen computes."""
+    retina = load_detector_spec("cmt_s_retinanet")
+    line = next(p for p in retina.provenance if p.startswith("Paper/code discrepancy"))
+    assert f"{detector_cost(retina).params:,}" in line
+    assert f"{detector_cost('cmt_s_mask_rcnn').params / 1e6:.2f}M" in line

@@ -290,3 +290,18 @@ def test_table_index_is_made_once_per_grid_while_training(monkeypatch):
         model(torch.randn(2, 3, 96, 64)).sum().backward()
     assert calls == [(24, 16), (12, 8), (6, 4), (3, 2)]
     assert all(p.grad is not None for p in model.parameters() if p.ndim == 3)
+
+
+def test_the_bias_cache_keeps_a_few_sizes_not_every_one() -> None:
+    """A detector's padded batches come in many sizes; each CMT-S bias set at 1280x800 is 458 MiB."""
+    from conftest import tiny_spec_dict
+
+    from cmt_gen.deploy.blocks import BIAS_CACHE_SIZES
+    from cmt_gen.model.network import build_model
+
+    model = build_model(tiny_spec_dict()).eval()
+    stage = model.stages[0]
+    with torch.no_grad():
+        for side in range(64, 64 + 32 * (BIAS_CACHE_SIZES + 3), 32):
+            model(torch.randn(1, 3, side, 64))
+    assert len(stage._bias_cache) == BIAS_CACHE_SIZES

@@ -38,8 +38,8 @@ DETECTOR_MACS_UNIT = ("detector MACs = multiply-accumulates of convolutions and 
                       "attention matmuls (q @ k^T, attn @ v); 'w/o attention' leaves those out, as the module-hook "
                       "counter behind Tables 7 and 8 cannot see them; 'mmcv FLOPs' is that counter's convention, the "
                       "one the tables print (these MACs w/o attention plus bias adds, norms twice per element and "
-                      "ReLUs); two-stage heads counted on 1000 box and 100 mask RoIs per image (mmdetection's dummy "
-                      "forward)")
+                      "ReLUs); two-stage heads counted on each spec's box_head.proposals and mask_head.proposals RoIs "
+                      "per image (by default 1000 and 100, as mmdetection's dummy forward runs them)")
 
 
 @dataclass
@@ -89,7 +89,8 @@ def _load(spec: Any, overrides: Any) -> DetectorSpec:
     return load_detector_spec(spec, overrides)
 
 
-def check_detector(spec: Any, counter: str = "analytic", *, overrides: Any = None) -> DetectorCheck:
+def check_detector(spec: Any, counter: str = "analytic", *, overrides: Any = None,
+                   force: bool = False) -> DetectorCheck:
     """Count a detector spec (analytic, fvcore or both) and check it against its reference and budget."""
     from cmt_gen.cost.analytic import position_bias_elements
     from cmt_gen.cost.detector import detector_cost
@@ -105,7 +106,7 @@ def check_detector(spec: Any, counter: str = "analytic", *, overrides: Any = Non
                            sum(position_bias_elements(spec.backbone, h, w)),
                            {p.name: (p.params, p.macs) for p in cost.parts})
     if counter != "analytic":
-        _trace(result, spec)
+        _trace(result, spec, force)
     ref = spec.reference
     if ref is not None:
         if ref.params is not None:
@@ -151,11 +152,11 @@ def convention_rows() -> list:
     return resnet101_rows([load_detector_spec("cmt_s_retinanet"), load_detector_spec("cmt_s_mask_rcnn")])
 
 
-def _trace(result: DetectorCheck, spec: DetectorSpec) -> None:
+def _trace(result: DetectorCheck, spec: DetectorSpec, force: bool) -> None:
     """fvcore on the built detector's MAC-bearing path (`detection.build.counting_forward`)."""
     from cmt_gen.detection.counting import traced_detector_cost
 
-    result.fvcore_params, result.fvcore_macs = traced_detector_cost(spec)
+    result.fvcore_params, result.fvcore_macs = traced_detector_cost(spec, force)
     if result.counter == "fvcore":
         result.params, result.macs = result.fvcore_params, result.fvcore_macs
 
@@ -172,7 +173,8 @@ def _counters_disagree(result: DetectorCheck) -> bool:
     return True
 
 
-def check_detectors(sources: list[Any], counter: str = "analytic", *, overrides: Any = None) -> list[DetectorCheck]:
+def check_detectors(sources: list[Any], counter: str = "analytic", *, overrides: Any = None,
+                    force: bool = False) -> list[DetectorCheck]:
     """`check_detector` for several specs; every spec is loaded first, so an input error stops before any count."""
     specs = [_load(s, overrides) for s in sources]
-    return [check_detector(s, counter) for s in specs]
+    return [check_detector(s, counter, force=force) for s in specs]

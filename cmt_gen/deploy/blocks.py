@@ -107,6 +107,11 @@ def resample_bias(bias: torch.Tensor, grid: tuple[int, int], r: int, h: int, w: 
 _CACHE_STATE = ["_bias_cache", "_bias_source", "_bias_probe", "_index_cache"]
 
 
+# Input sizes whose position biases a stage keeps (the oldest goes first): CMT-S's at 1280x800 hold
+# 458 MiB, and a detector's padded batches come in many sizes.
+BIAS_CACHE_SIZES = 4
+
+
 class BiasAtSize:
     """Mixin for the owners of a position bias, of both forms: the bias at an input's grid and dtype.
 
@@ -158,6 +163,8 @@ class BiasAtSize:
             self._bias_probe = (reader, reader()) if reader is not None else None
         key = (h, w, dtype, bias.device)
         if key not in self._bias_cache:
+            while len(self._bias_cache) >= BIAS_CACHE_SIZES:  # padded detection batches bring many sizes
+                self._bias_cache.pop(next(iter(self._bias_cache)))  # the oldest: dicts keep insertion order
             with torch.no_grad():
                 self._bias_cache[key] = self._eager_bias(bias, h, w, table).to(dtype)
         return self._bias_cache[key]
@@ -170,6 +177,8 @@ class BiasAtSize:
         cache = self.__dict__.setdefault("_index_cache", {})
         key = (h, w, bias.device)
         if key not in cache:
+            while len(cache) >= BIAS_CACHE_SIZES:
+                cache.pop(next(iter(cache)))
             cache[key] = table_index(self.grid, self.reduction_ratio, h, w, bias.device)
         return gather_table(bias, cache[key])
 

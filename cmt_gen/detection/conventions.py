@@ -180,7 +180,8 @@ def mmdet_relu_delta(spec: Any) -> int:
     levels = [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in spec.fpn.levels]
     for _ in range(spec.fpn.extra_levels):
         levels.append(((levels[-1][0] - 1) // 2 + 1, (levels[-1][1] - 1) // 2 + 1))
-    delta = -spec.rpn.convs * spec.fpn.out_channels * sum(a * b for a, b in levels)
+    # one RPN conv: torchvision's ReLU module against mmdetection's F.relu; several: ReLU modules in both
+    delta = -spec.fpn.out_channels * sum(a * b for a, b in levels) if spec.rpn.convs == 1 else 0
     if spec.box_head is not None:
         delta += spec.box_head.fcs * spec.box_head.fc_channels * spec.box_head.proposals
     if spec.mask_head is not None:

@@ -28,7 +28,7 @@ DETECTION_FREE_OPS = frozenset({
 })
 
 
-def traced_detector_cost(spec: Any) -> tuple[int, int]:
+def traced_detector_cost(spec: Any, force: bool = False) -> tuple[int, int]:
     """(parameters, MACs) of the built detector: numel, and fvcore's MAC-type ops on `counting_forward`."""
     import torch
 
@@ -36,7 +36,7 @@ def traced_detector_cost(spec: Any) -> tuple[int, int]:
     from cmt_gen.cost.memory_guard import check_detector_fits
     from cmt_gen.detection.build import build_detector, counting_forward, counting_input
 
-    check_detector_fits(spec, 1, False, "tracing the detector")
+    check_detector_fits(spec, 1, force, "tracing the detector")
     model = build_detector(spec).eval()
     params = sum(p.numel() for p in model.parameters())
     with torch.no_grad():

@@ -30,9 +30,14 @@ def looks_like_path(source: str) -> bool:
 
 
 def unknown_name_rule(text: str) -> str:
-    hint = difflib.get_close_matches(text.lower().replace("-", "_"), bundled_names(), n=1)
+    key = text.lower().replace("-", "_")
+    if key in bundled_detector_names():
+        return (f"{text!r} is a bundled detector spec; this takes a backbone spec "
+                f"(bundled: {', '.join(bundled_names())})")
+    hint = difflib.get_close_matches(key, bundled_names() + bundled_detector_names(), n=1)
     suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-    return f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())})"
+    return (f"no bundled spec or file named {text!r}{suggestion} (bundled: {', '.join(bundled_names())}; "
+            f"detectors: {', '.join(bundled_detector_names())})")
 
 
 

@@ -147,8 +147,8 @@ class DetectorSpec(_Strict):
             return data
         try:
             kind = DetectorKind(data.get("kind"))
-        except ValueError:
-            return data  # the field's own error names the legal kinds
+        except ValueError:  # the field's own error names the legal kinds; no second error for a missing fpn
+            return {**data, "fpn": data.get("fpn") or _DEFAULT_FPN[DetectorKind.retinanet]}
         data = dict(data)
         fpn = data.get("fpn")
         if fpn is None or isinstance(fpn, dict):
@@ -180,7 +180,8 @@ def detector_problems(spec: DetectorSpec) -> list[tuple[str, str]]:
     wanted = _SECTIONS[spec.kind]
     for section in HEAD_SECTIONS:
         if section not in wanted and getattr(spec, section) is not None:
-            problems.append((section, f"a {spec.kind.value} has no {section}; its sections are {', '.join(wanted)}"))
+            problems.append((section, f"a {spec.kind.value} has no {section} (its sections: {', '.join(wanted)}); "
+                             f"drop it, or with --set: {section}=null"))
     stages = len(spec.backbone.stages)
     levels = spec.fpn.levels
     for i, level in enumerate(levels):
@@ -196,6 +197,9 @@ def detector_problems(spec: DetectorSpec) -> list[tuple[str, str]]:
     if spec.fpn.extra_source == ExtraLevelSource.pool and spec.fpn.extra_levels > 1:
         problems.append(("fpn.extra_levels",
                          "max-pooling adds one level (P6); use extra_source input or output for more"))
+    if spec.mask_head is not None and spec.box_head is not None and spec.mask_head.proposals > spec.box_head.proposals:
+        problems.append(("mask_head.proposals", f"the mask head sees the first of the box head's RoIs: at most "
+                         f"box_head.proposals ({spec.box_head.proposals}), got {spec.mask_head.proposals}"))
     if spec.kind == DetectorKind.retinanet and spec.pyramid_levels < 1:
         problems.append(("fpn", "a RetinaNet needs at least one pyramid level"))
     h, w = spec.input.height, spec.input.width

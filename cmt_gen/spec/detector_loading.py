@@ -17,14 +17,21 @@ from pydantic import ValidationError
 
 from cmt_gen.errors import Problem, SpecError
 from cmt_gen.spec.bundled import (
-    bundled_detector_dir,
     bundled_detector_path,
     bundled_path,
     looks_like_path,
     unknown_detector_rule,
 )
 from cmt_gen.spec.detector import DetectorSpec
-from cmt_gen.spec.loading import _is_file, _mark_derived, _raw_from_source, apply_override, load_spec, parse_override
+from cmt_gen.spec.loading import (
+    _is_file,
+    _mark_derived,
+    _raw_from_source,
+    apply_override,
+    load_spec,
+    parse_override,
+    spec_files,
+)
 
 # Fields whose change keeps a detector's parameters and MACs: its reference stays.
 DETECTOR_COST_NEUTRAL = ("name", "description", "provenance", "reference", "budget", "extends")
@@ -39,42 +46,49 @@ def _detector_cost_changes(paths: list[str]) -> list[str]:
     return [p for p in paths if not any(p == f or p.startswith(f + ".") for f in DETECTOR_COST_NEUTRAL)]
 
 
-def raw_detector(source: str | Path | Mapping) -> tuple[dict, str, Path]:
-    """The source's fields with `extends` resolved, its origin and the folder its relative paths start from."""
-    data, origin = _raw_from_source(source, finder=_any_bundled, unknown=unknown_detector_rule)
-    if isinstance(source, Mapping):
-        base_dir = Path.cwd()
-    else:
-        path = Path(str(source))
-        bundled = None if looks_like_path(str(source)) or _is_file(path) else bundled_detector_path(str(source))
-        base_dir = bundled_detector_dir() if bundled is not None else path.resolve().parent
-    return data, origin, base_dir
+def _absolute_backbone(data: dict, folder: Path) -> None:
+    """A backbone path is relative to the file that writes it, wherever a child that extends that file lives."""
+    if "backbone" in data:
+        data["backbone"] = _backbone_mapping(data["backbone"], folder)
 
 
-def detector_files(source: str | Path | Mapping) -> list[Path]:
-    """The files a detector spec is read from (itself, its `extends` chain, a backbone given by path): a command's
-    inputs, which its outputs must never replace."""
+def raw_detector(source: str | Path | Mapping, reads: list[Path] | None = None) -> tuple[dict, str]:
+    """The source's fields with `extends` resolved (backbone paths made absolute) and its origin."""
+    return _raw_from_source(source, reads=reads, finder=_any_bundled, unknown=unknown_detector_rule,
+                            prepare=_absolute_backbone)
+
+
+def detector_files(source: str | Path | Mapping, overrides: Sequence[str] | None = None) -> list[Path]:
+    """The files a detector spec is read from (itself, its `extends` chain, a backbone's files, one given by
+    --set too): a command's inputs, which its outputs must never replace."""
     reads: list[Path] = []
-    data, _ = _raw_from_source(source, reads=reads, finder=_any_bundled, unknown=unknown_detector_rule)
-    _, _, base_dir = raw_detector(source)
-    backbone = _backbone_mapping(data.get("backbone"), base_dir)
-    if isinstance(backbone, dict) and isinstance(backbone.get("extends"), str) and looks_like_path(backbone["extends"]):
-        reads.append(Path(backbone["extends"]))
+    data, _ = raw_detector(source, reads)
+    backbone = data.get("backbone")
+    for text in overrides or []:
+        parts, value = parse_override(text)
+        if parts == ["backbone"]:
+            backbone = _backbone_mapping(value, Path.cwd())
+    if isinstance(backbone, dict):
+        reads += spec_files(backbone)
     return reads
 
 
+_DETECTOR_KEYS = ("kind", "backbone", "fpn", "retina_head", "rpn", "box_head", "mask_head")
+
+
 def is_detector(source: str | Path | Mapping) -> bool:
-    """Whether a spec source describes a detector (it has `kind:`, itself or through `extends`)."""
+    """Whether a spec source describes a detector: it has a detector's fields (`kind`, `backbone`, `fpn`, the
+    heads), itself or through `extends`; a detector without `kind` is then told it is missing."""
     if isinstance(source, Mapping):
-        return "kind" in source or _extends_detector(source.get("extends"))
+        return any(key in source for key in _DETECTOR_KEYS) or _extends_detector(source.get("extends"))
     text = str(source)
     if not looks_like_path(text) and not _is_file(Path(text)):
         return bundled_detector_path(text) is not None
     try:
-        data, _, _ = raw_detector(source)
+        data, _ = raw_detector(source)
     except SpecError:
         return False  # the backbone loader reports the file's problem
-    return "kind" in data
+    return any(key in data for key in _DETECTOR_KEYS)
 
 
 def _extends_detector(parent: object) -> bool:
@@ -95,8 +109,10 @@ def _backbone_mapping(value: Any, base_dir: Path) -> Any:
 def load_detector_spec(source: str | Path | Mapping,
                        overrides: Sequence[str] | Mapping[str, Any] | None = None) -> DetectorSpec:
     """Load a detector spec from a bundled name, a YAML path or a dict, then apply overrides."""
-    data, origin, base_dir = raw_detector(source)
-    data["backbone"] = _backbone_mapping(data.get("backbone"), base_dir)
+    data, origin = raw_detector(source)
+    if "stages" in data or "stem" in data:
+        raise SpecError("a detector extends a detector spec; name a backbone under `backbone:` instead "
+                        "(this one extends a backbone spec)", source=origin, field="extends")
     if isinstance(overrides, str):
         overrides = [overrides]
     items: list[tuple[list[str], Any, str]] = []
@@ -106,8 +122,8 @@ def load_detector_spec(source: str | Path | Mapping,
         items = [(*parse_override(text), f"--set {text}") for text in overrides]
     for parts, value, label in items:
         data = apply_override(data, parts, value, f"{origin} ({label})")
-        if parts[0] == "backbone":
-            data["backbone"] = _backbone_mapping(data["backbone"], base_dir)
+        if parts[0] == "backbone":  # a path typed on the command line is relative to the working folder
+            data["backbone"] = _backbone_mapping(data["backbone"], Path.cwd())
     if items:
         applied = [".".join(parts) for parts, _, _ in items]
         labels = ", ".join(label.removeprefix("--set ").removeprefix("override ") for _, _, label in items)

@@ -136,11 +136,14 @@ def apply_override(data: dict, parts: list[str], value: Any, origin: str) -> dic
 
 def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
                      reads: list[Path] | None = None, finder: Callable[[str], Path | None] = bundled_path,
-                     unknown: Callable[[str], str] = unknown_name_rule) -> tuple[dict, str]:
+                     unknown: Callable[[str], str] = unknown_name_rule,
+                     prepare: Callable[[dict, Path], None] | None = None) -> tuple[dict, str]:
     """Read a spec source into a plain dict with `extends` resolved; returns (data, origin).
 
     Every file read is appended to `reads` (when given): outputs must never land on them.
-    `finder` maps a bundled name to its file (backbones by default; detectors pass their own).
+    `finder` maps a bundled name to its file (backbones by default; detectors pass their own);
+    `prepare(data, folder)` sees each file's own fields before merging (a detector makes its
+    backbone path absolute there, so it stays relative to the file that wrote it).
     """
     if isinstance(source, Mapping):
         data, origin, base_dir = dict(source), "<dict>", Path.cwd()
@@ -162,6 +165,8 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
         raise SpecError("empty spec: expected a mapping with name, resolution, stem and stages", source=origin)
     if not isinstance(data, dict):
         raise SpecError(f"a spec is a mapping of fields, got a {type(data).__name__}", source=origin)
+    if prepare is not None:
+        prepare(data, base_dir)
     parent = data.pop("extends", None)
     if parent is None:
         return data, origin
@@ -180,7 +185,7 @@ def _raw_from_source(source: str | Path | Mapping, chain: tuple[str, ...] = (),
             raise SpecError(f"cycle: {' -> '.join(cycle)}", source=origin, field="extends")
     elif finder(parent) is None:
         raise SpecError(unknown(parent), source=origin, field="extends")
-    base, _ = _raw_from_source(parent_source, chain, reads, finder, unknown)
+    base, _ = _raw_from_source(parent_source, chain, reads, finder, unknown, prepare)
     merged = _merge(base, data, "", origin)
     changed = [p for p in _leaf_paths(data) if affects_cost(p)]
     _mark_derived(merged, base, f"extends {parent}", changed, keeps_reference="reference" in data,
@@ -246,6 +251,11 @@ def load_spec(
     inherited paper reference, since the result is no longer the paper's model.
     """
     data, origin = _raw_from_source(source)
+    if "kind" in data and "stages" not in data:  # a detector given where a backbone belongs
+        backbone = data.get("backbone")
+        hint = f" (its backbone: {backbone})" if isinstance(backbone, str) else ""
+        raise SpecError(f"this is a detector spec (kind: {data['kind']}); this takes a backbone spec{hint}",
+                        source=origin, field="kind")
     if isinstance(overrides, str):  # one override, not a sequence of one-letter ones
         overrides = [overrides]
     items: list[tuple[list[str], Any, str]] = []
