@@ -8,7 +8,9 @@
 #    --protocol timm (batch 256, AMP, bf16 autocast where the GPU has it), --precision bf16,
 #    and the as-released reference (--form as-built --set block.attention=math, fp32);
 #    peers Swin-T and EfficientNet-B3 from timm (random weights, nothing downloaded) when timm imports;
-# 3. benchmarks/gpu_report.py merges the JSON files into gpu_check.json and gpu_check.md,
+# 3. the bundled detectors (CMT-S RetinaNet and Mask R-CNN, Tables 7 and 8) at 1280x800, batch 1 and 2
+#    (needs torchvision): detectors.txt and detectors.json;
+# 4. benchmarks/gpu_report.py merges the profile JSON files into gpu_check.json and gpu_check.md,
 #    with the deploy bf16/AMP speed-up over as-released fp32 (target >= 3x).
 # Set GPU_CHECK_COMPILE=1 to add a torch.compile (max-autotune) run of CMT-S (a few minutes more).
 set -uo pipefail
@@ -47,6 +49,12 @@ run deploy_timm_amp $FAMILY $PEERS --device cuda --protocol timm
 if [ "${GPU_CHECK_COMPILE:-0}" = "1" ]; then
   run deploy_timm_amp_compiled cmt_s --device cuda --protocol timm --compile-mode max-autotune
 fi
+
+log "profile detectors"
+eval "$CMT profile cmt_s_retinanet cmt_s_mask_rcnn --device cuda --json $OUT_DIR/detectors.json" \
+  > "$OUT_DIR/detectors.txt" 2>&1
+echo "exit $?" >> "$OUT_DIR/detectors.txt"
+cat "$OUT_DIR/detectors.txt"
 
 log "report"
 $PY benchmarks/gpu_report.py "$OUT_DIR" && cat "$OUT_DIR/gpu_check.md"

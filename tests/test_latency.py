@@ -398,6 +398,30 @@ def test_blocks_are_timed_in_the_image_chunks_their_stage_runs(monkeypatch, form
     assert seen and set(seen) == {chunk}
 
 
+def test_benchmark_draws_every_base_and_band_within_the_mac_cap(monkeypatch):
+    """`bench_latency.draw_specs`: `sample_specs` per (base, band) cell, legal sizes, under the cap, seeded."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    from bench_latency import BANDS, BASES, draw_specs, space_ranges, spec_summary
+
+    from cmt_gen.design.scaling import resolution_step
+
+    drawn, cells = draw_specs(14, 3, max_macs="4.5G", ranges=space_ranges("sample"))
+    assert len(drawn) == 14 and sorted(c["asked"] for c in cells) == [1] * 10 + [2] * 2
+    assert {(d.base, d.band) for d in drawn} == {(b, f"{lo}-{hi}") for b in BASES for lo, hi in BANDS}
+    assert len({d.spec.name for d in drawn}) == 14
+    for d in drawn:
+        low, high = (int(v) for v in d.band.split("-"))
+        assert low <= d.spec.resolution <= high and d.spec.resolution % resolution_step(d.spec) == 0
+        assert analytic_cost(d.spec).macs <= 4.5e9
+        base = load_spec(d.base)
+        s = spec_summary(d.spec, d.base)
+        assert s["heads"] == [st.heads for st in base.stages]
+        assert s["reductions"] == [st.reduction for st in base.stages]
+    again, _ = draw_specs(14, 3, max_macs="4.5G", ranges=space_ranges("sample"))
+    assert [d.spec for d in again] == [d.spec for d in drawn]
+    assert space_ranges("design")["width_range"][1] > space_ranges("sample")["width_range"][1]
+
+
 @pytest.mark.slow
 def test_benchmark_reduced_form_runs(tmp_path):
     result = subprocess.run([sys.executable, "benchmarks/bench_latency.py", "--quick", "--out", str(tmp_path)],
@@ -405,6 +429,17 @@ def test_benchmark_reduced_form_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-800:]
     report = json.loads((tmp_path / "bench_latency.json").read_text())
     assert report["summary"]["measured"] == len(report["rows"]) == 3
+    # One tiny spec per resolution band, each row carrying its spec summary; every band and overall reported.
+    assert list(report["bands"]) == ["128-192", "224-288", "320-384", "overall"]
+    assert all(report["bands"][b]["specs"] == 1 for b in ("128-192", "224-288", "320-384"))
+    assert report["bands"]["overall"]["measured"] == 3
+    for row in report["rows"]:
+        low, high = (int(v) for v in row["band"].split("-"))
+        assert row["base"] == "cmt_ti" and low <= row["resolution"] <= high and row["resolution"] % 32 == 0
+        assert len(row["channels"]) == len(row["depths"]) == len(row["heads"]) == len(row["reductions"]) == 4
+    assert set(report["misses"]) == {"beyond_10", "beyond_5"}
+    assert set(report["goals"]) == {"within_10", "within_5", "specs", "calibration_time", "design"}
+    assert report["judged"] is False and report["space"]["bases"] == ["cmt_ti"]
     assert report["design"]["seconds"] > 0 and (tmp_path / "bench_latency.png").stat().st_size > 0
     assert load_calibration(tmp_path / "calibration.json").settings.batch_size == 1
     _ = run_cli_subprocess  # the CLI form is exercised in-process above
