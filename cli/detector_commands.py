@@ -27,7 +27,6 @@ def print_detector_parts(spec, cost) -> None:
 def build_detector_command(source: str, overrides, weights: Path | None, output: Path | None, layout: str,
                            as_json: bool, force: bool, threads: int | None) -> None:
     from cmt_gen.cost.detector import detector_cost
-    from cmt_gen.cost.memory_guard import check_detector_fits
     from cmt_gen.errors import CmtGenError
     from cmt_gen.jobs.build import check_output_path
     from cmt_gen.jobs.detector import run_detector_build
@@ -39,7 +38,6 @@ def build_detector_command(source: str, overrides, weights: Path | None, output:
     spec = load_detector_spec(source, overrides)
     inputs = [weights, *detector_files(source)]
     check_output_path(output, inputs=inputs)
-    check_detector_fits(spec, 1, force, "building and running the detector")
     threads_note = use_threads(threads)
     cost = detector_cost(spec)
     result = run_detector_build(spec, weights=weights, output=output, force=force)  # any refusal is the only line

@@ -34,7 +34,7 @@ from typing import Any
 
 from cmt_gen.errors import CmtGenError
 from cmt_gen.spec.quantity import format_in_unit, parse_quantity, printed_interval
-from cmt_gen.spec.schema import BudgetLimit, CMTSpec, design_problems
+from cmt_gen.spec.schema import Budget, BudgetLimit, CMTSpec, design_problems
 
 COUNTERS = ("analytic", "fvcore", "both")
 DISCREPANCY_PREFIX = "paper/code discrepancy"
@@ -78,8 +78,30 @@ class FigureCheck:
     note: str = ""
 
 
+class Verdicts:
+    """What every checked result (a backbone's `BudgetCheck`, a detector's) answers from its `checks` and
+    `verdict`; the dataclasses that mix it in hold those fields."""
+
+    checks: list[FigureCheck]
+    verdict: str
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict in FAILING
+
+    @property
+    def documented(self) -> bool:
+        return self.verdict in DOCUMENTED
+
+    def check(self, quantity: str, against: str = "paper") -> FigureCheck | None:
+        return next((c for c in self.checks if c.quantity == quantity and c.against == against), None)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "failed": self.failed, "documented_deviation": self.documented}
+
+
 @dataclass
-class BudgetCheck:
+class BudgetCheck(Verdicts):
     """The result of checking one spec: counts, per-figure checks, one verdict."""
 
     spec: str
@@ -96,20 +118,6 @@ class BudgetCheck:
     checks: list[FigureCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verdict: str = NO_REFERENCE
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict in FAILING
-
-    @property
-    def documented(self) -> bool:
-        return self.verdict in DOCUMENTED
-
-    def check(self, quantity: str, against: str = "paper") -> FigureCheck | None:
-        return next((c for c in self.checks if c.quantity == quantity and c.against == against), None)
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "failed": self.failed, "documented_deviation": self.documented}
 
 
 def exit_code(results: list[BudgetCheck], strict: bool = False) -> int:
@@ -151,23 +159,24 @@ def check_budget(spec: Any, counter: str = "analytic", *, overrides: Any = None,
         for quantity in ("params", "macs"):
             if getattr(ref, quantity) is not None:
                 result.checks.append(_paper_check(spec, quantity, getattr(result, quantity)))
-    if spec.budget is not None:
-        for quantity in ("params", "macs"):
-            limit = getattr(spec.budget, quantity)
-            if limit is not None:
-                result.checks.append(_budget_check(quantity, getattr(result, quantity), limit))
-    statuses = [c.status for c in result.checks]
-    if _counters_disagree(result):
-        statuses.append(COUNTERS_DISAGREE)
-    if statuses:
-        result.verdict = min(statuses, key=_SEVERITY.index)
-    for c in result.checks:
-        if c.note:
-            result.notes.append(c.note)
+    settle_verdict(result, spec.budget, _counters_disagree(result))
     if ref is not None and result.verdict != DERIVED and _documented_line(spec, DERIVED_PREFIX) is not None:
         result.notes.append("derived configuration, not the authors': the paper's figures are the targets "
                             "it was fitted to, not measurements of this model")
     return result
+
+
+def settle_verdict(result: Verdicts, budget: Budget | None, counters_disagree: bool) -> None:
+    """The budget's figures checked, the worst status as the verdict, then each check's note (in that order)."""
+    if budget is not None:
+        for quantity in ("params", "macs"):
+            limit = getattr(budget, quantity)
+            if limit is not None:
+                result.checks.append(_budget_check(quantity, getattr(result, quantity), limit))
+    statuses = [c.status for c in result.checks] + ([COUNTERS_DISAGREE] if counters_disagree else [])
+    if statuses:
+        result.verdict = min(statuses, key=_SEVERITY.index)
+    result.notes += [c.note for c in result.checks if c.note]  # type: ignore[attr-defined]
 
 
 def check_budgets(sources: list[Any], counter: str = "analytic", *, overrides: Any = None, force: bool = False,

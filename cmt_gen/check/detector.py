@@ -15,20 +15,17 @@ analytic counter nothing here imports torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from cmt_gen.check.budget import (
-    _SEVERITY,
     COUNTER_AGREEMENT,
     COUNTERS,
-    COUNTERS_DISAGREE,
-    DOCUMENTED,
-    FAILING,
     NO_REFERENCE,
     FigureCheck,
-    _budget_check,
+    Verdicts,
     _paper_check,
+    settle_verdict,
 )
 from cmt_gen.errors import CmtGenError
 from cmt_gen.spec.detector import DetectorSpec
@@ -43,7 +40,7 @@ DETECTOR_MACS_UNIT = ("detector MACs = multiply-accumulates of convolutions and 
 
 
 @dataclass
-class DetectorCheck:
+class DetectorCheck(Verdicts):
     """One detector spec counted and checked: totals, the attention share, per-figure checks, one verdict."""
 
     spec: str
@@ -63,20 +60,6 @@ class DetectorCheck:
     checks: list[FigureCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     verdict: str = NO_REFERENCE
-
-    @property
-    def failed(self) -> bool:
-        return self.verdict in FAILING
-
-    @property
-    def documented(self) -> bool:
-        return self.verdict in DOCUMENTED
-
-    def check(self, quantity: str, against: str = "paper") -> FigureCheck | None:
-        return next((c for c in self.checks if c.quantity == quantity and c.against == against), None)
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "failed": self.failed, "documented_deviation": self.documented}
 
 
 def _load(spec: Any, overrides: Any) -> DetectorSpec:
@@ -116,17 +99,7 @@ def check_detector(spec: Any, counter: str = "analytic", *, overrides: Any = Non
             check.note = check.note.replace("MACs:", "FLOPs (mmcv's convention):", 1).replace(" MACs (", " (", 1)
             result.checks.append(check)
             result.notes.append(_convention_note(result, check))
-    if spec.budget is not None:
-        for quantity in ("params", "macs"):
-            limit = getattr(spec.budget, quantity)
-            if limit is not None:
-                result.checks.append(_budget_check(quantity, getattr(result, quantity), limit))
-    statuses = [c.status for c in result.checks]
-    if _counters_disagree(result):
-        statuses.append(COUNTERS_DISAGREE)
-    if statuses:
-        result.verdict = min(statuses, key=_SEVERITY.index)
-    result.notes += [c.note for c in result.checks if c.note]
+    settle_verdict(result, spec.budget, _counters_disagree(result))
     return result
 
 

@@ -112,6 +112,12 @@ _CACHE_STATE = ["_bias_cache", "_bias_source", "_bias_probe", "_index_cache"]
 BIAS_CACHE_SIZES = 4
 
 
+def _make_room(cache: dict) -> None:
+    """Drop the oldest sizes (dicts keep insertion order) until one more fits within BIAS_CACHE_SIZES."""
+    while len(cache) >= BIAS_CACHE_SIZES:
+        cache.pop(next(iter(cache)))
+
+
 class BiasAtSize:
     """Mixin for the owners of a position bias, of both forms: the bias at an input's grid and dtype.
 
@@ -163,8 +169,7 @@ class BiasAtSize:
             self._bias_probe = (reader, reader()) if reader is not None else None
         key = (h, w, dtype, bias.device)
         if key not in self._bias_cache:
-            while len(self._bias_cache) >= BIAS_CACHE_SIZES:  # padded detection batches bring many sizes
-                self._bias_cache.pop(next(iter(self._bias_cache)))  # the oldest: dicts keep insertion order
+            _make_room(self._bias_cache)
             with torch.no_grad():
                 self._bias_cache[key] = self._eager_bias(bias, h, w, table).to(dtype)
         return self._bias_cache[key]
@@ -177,8 +182,7 @@ class BiasAtSize:
         cache = self.__dict__.setdefault("_index_cache", {})
         key = (h, w, bias.device)
         if key not in cache:
-            while len(cache) >= BIAS_CACHE_SIZES:
-                cache.pop(next(iter(cache)))
+            _make_room(cache)
             cache[key] = table_index(self.grid, self.reduction_ratio, h, w, bias.device)
         return gather_table(bias, cache[key])
 

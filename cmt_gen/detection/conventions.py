@@ -170,16 +170,13 @@ def mmdet_relu_delta(spec: Any) -> int:
     mmdetection's RPNHead applies F.relu after its conv (not counted) where torchvision's
     RPNHead has a ReLU module; its box head's `self.relu` (after each shared fc) and its
     mask head's ReLU after the transposed conv are modules, where ours call F.relu. The
-    RetinaNet head, FPN and bodies match. Level sizes assume the input divides by 32, as
-    1280x800 does; mmdetection's RPN with more than one conv is not modelled (its bundled
-    specs have one).
+    RetinaNet head, FPN and bodies match; with several RPN convs both have ReLU modules.
     """
     if spec.rpn is None:
         return 0
-    h, w = spec.input.height, spec.input.width
-    levels = [(h // 2 ** (i + 2), w // 2 ** (i + 2)) for i in spec.fpn.levels]
-    for _ in range(spec.fpn.extra_levels):
-        levels.append(((levels[-1][0] - 1) // 2 + 1, (levels[-1][1] - 1) // 2 + 1))
+    from cmt_gen.cost.detector import detector_cost
+
+    levels = detector_cost(spec).levels
     # one RPN conv: torchvision's ReLU module against mmdetection's F.relu; several: ReLU modules in both
     delta = -spec.fpn.out_channels * sum(a * b for a, b in levels) if spec.rpn.convs == 1 else 0
     if spec.box_head is not None:

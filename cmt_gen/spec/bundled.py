@@ -14,15 +14,23 @@ def bundled_dir() -> Path:
     return installed if installed.is_dir() else package.parent / "specs"
 
 
+def _names_in(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _path_in(name: str, folder: Path) -> Path | None:
+    key = name.strip().lower().replace("-", "_")
+    if key not in _names_in(folder):  # never probe the file system with arbitrary text (too long, NUL, ../)
+        return None
+    return folder / f"{key}.yaml"
+
+
 def bundled_names() -> list[str]:
-    return sorted(p.stem for p in bundled_dir().glob("*.yaml"))
+    return _names_in(bundled_dir())
 
 
 def bundled_path(name: str) -> Path | None:
-    key = name.strip().lower().replace("-", "_")
-    if key not in bundled_names():  # never probe the file system with arbitrary text (too long, NUL, ../)
-        return None
-    return bundled_dir() / f"{key}.yaml"
+    return _path_in(name, bundled_dir())
 
 
 def looks_like_path(source: str) -> bool:
@@ -47,12 +55,11 @@ def bundled_detector_dir() -> Path:
 
 
 def bundled_detector_names() -> list[str]:
-    return sorted(p.stem for p in bundled_detector_dir().glob("*.yaml"))
+    return _names_in(bundled_detector_dir())
 
 
 def bundled_detector_path(name: str) -> Path | None:
-    key = name.strip().lower().replace("-", "_")
-    return bundled_detector_dir() / f"{key}.yaml" if key in bundled_detector_names() else None
+    return _path_in(name, bundled_detector_dir())
 
 
 def unknown_detector_rule(text: str) -> str:

@@ -25,9 +25,8 @@ from cmt_gen.spec.bundled import (
 from cmt_gen.spec.detector import DetectorSpec
 from cmt_gen.spec.loading import (
     _is_file,
-    _mark_derived,
     _raw_from_source,
-    apply_override,
+    apply_overrides,
     load_spec,
     parse_override,
     spec_files,
@@ -113,23 +112,15 @@ def load_detector_spec(source: str | Path | Mapping,
     if "stages" in data or "stem" in data:
         raise SpecError("a detector extends a detector spec; name a backbone under `backbone:` instead "
                         "(this one extends a backbone spec)", source=origin, field="extends")
-    if isinstance(overrides, str):
-        overrides = [overrides]
-    items: list[tuple[list[str], Any, str]] = []
-    if isinstance(overrides, Mapping):
-        items = [(str(k).split("."), v, f"override {k}") for k, v in overrides.items()]
-    elif overrides:
-        items = [(*parse_override(text), f"--set {text}") for text in overrides]
-    for parts, value, label in items:
-        data = apply_override(data, parts, value, f"{origin} ({label})")
-        if parts[0] == "backbone":  # a path typed on the command line is relative to the working folder
-            data["backbone"] = _backbone_mapping(data["backbone"], Path.cwd())
-    if items:
-        applied = [".".join(parts) for parts, _, _ in items]
-        labels = ", ".join(label.removeprefix("--set ").removeprefix("override ") for _, _, label in items)
-        _mark_derived(data, dict(data), f"overrides: {labels}", _detector_cost_changes(applied),
-                      keeps_reference=any(p.startswith("reference") for p in applied), own_notes=[], keep_own=True)
+    data = apply_overrides(data, overrides, origin, _detector_cost_changes, _cwd_backbone)
     return validate_detector(data, origin)
+
+
+def _cwd_backbone(data: dict, parts: list[str]) -> dict:
+    """A backbone path typed on the command line is relative to the working folder."""
+    if parts[0] == "backbone":
+        data["backbone"] = _backbone_mapping(data["backbone"], Path.cwd())
+    return data
 
 
 def validate_detector(data: dict, origin: str) -> DetectorSpec:

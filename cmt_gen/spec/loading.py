@@ -240,6 +240,32 @@ def _note_list(value: Any) -> list:
     return list(value) if isinstance(value, list) else [value]
 
 
+def apply_overrides(data: dict, overrides: Sequence[str] | Mapping[str, Any] | str | None, origin: str,
+                    cost_changes: Callable[[list[str]], list[str]] | None = None,
+                    after_each: Callable[[dict, list[str]], dict] | None = None) -> dict:
+    """Apply overrides (`key.path=value` strings as on the command line, or a mapping of dotted paths) and
+    record them in provenance; `cost_changes` picks the paths that move a count (a backbone's by default),
+    which drop the inherited reference. `after_each(data, parts)` follows each one (a detector's backbone)."""
+    if isinstance(overrides, str):  # one override, not a sequence of one-letter ones
+        overrides = [overrides]
+    items: list[tuple[list[str], Any, str]] = []
+    if isinstance(overrides, Mapping):
+        items = [(str(k).split("."), v, f"override {k}") for k, v in overrides.items()]
+    elif overrides:
+        items = [(*parse_override(text), f"--set {text}") for text in overrides]
+    for parts, value, label in items:
+        data = apply_override(data, parts, value, f"{origin} ({label})")
+        if after_each is not None:
+            data = after_each(data, parts)
+    if items:
+        applied = [".".join(parts) for parts, _, _ in items]
+        changed = cost_changes(applied) if cost_changes else [p for p in applied if affects_cost(p)]
+        labels = ", ".join(lbl.removeprefix("--set ").removeprefix("override ") for _, _, lbl in items)
+        _mark_derived(data, dict(data), f"overrides: {labels}", changed,
+                      keeps_reference=any(p.startswith("reference") for p in applied), own_notes=[], keep_own=True)
+    return data
+
+
 def load_spec(
     source: str | Path | Mapping,
     overrides: Sequence[str] | Mapping[str, Any] | None = None,
@@ -256,25 +282,6 @@ def load_spec(
         hint = f" (its backbone: {backbone})" if isinstance(backbone, str) else ""
         raise SpecError(f"this is a detector spec (kind: {data['kind']}); this takes a backbone spec{hint}",
                         source=origin, field="kind")
-    if isinstance(overrides, str):  # one override, not a sequence of one-letter ones
-        overrides = [overrides]
-    items: list[tuple[list[str], Any, str]] = []
-    if isinstance(overrides, Mapping):
-        items = [(str(k).split("."), v, f"override {k}") for k, v in overrides.items()]
-    elif overrides:
-        for text in overrides:
-            parts, value = parse_override(text)
-            items.append((parts, value, f"--set {text}"))
-    applied: list[str] = []
-    for parts, value, label in items:
-        data = apply_override(data, parts, value, f"{origin} ({label})")
-        applied.append(".".join(parts))
-    if applied:
-        changed = [p for p in applied if affects_cost(p)]
-        labels = ", ".join(lbl.removeprefix("--set ").removeprefix("override ") for _, _, lbl in items)
-        base = dict(data)
-        _mark_derived(data, base, f"overrides: {labels}", changed,
-                      keeps_reference=any(p.startswith("reference") for p in applied),
-                      own_notes=[], keep_own=True)
+    data = apply_overrides(data, overrides, origin)
     return validate_spec(data, origin)
 
