@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU readiness check for issue 10: one script, one GPU, under 8 minutes end to end.
+# GPU readiness check (issues 10 and 22): one script, one GPU, about 10 minutes end to end.
 #
 #   benchmarks/gpu_check.sh [OUTPUT_DIR]        (default: $OUT, else ./gpu_check_out)
 #
@@ -10,7 +10,9 @@
 #    peers Swin-T and EfficientNet-B3 from timm (random weights, nothing downloaded) when timm imports;
 # 3. the bundled detectors (CMT-S RetinaNet and Mask R-CNN, Tables 7 and 8) at 1280x800, batch 1 and 2
 #    (needs torchvision): detectors.txt and detectors.json;
-# 4. benchmarks/gpu_report.py merges the profile JSON files into gpu_check.json and gpu_check.md,
+# 4. the latency model on cuda: cmt-gen calibrate --device cuda (12 blocks a stage, 12 networks), then
+#    bench_latency.py on 24 unseen specs against the profiler and a plain script (latency_cuda/);
+# 5. benchmarks/gpu_report.py merges the profile JSON files into gpu_check.json and gpu_check.md,
 #    with the deploy bf16/AMP speed-up over as-released fp32 (target >= 3x).
 # Set GPU_CHECK_COMPILE=1 to add a torch.compile (max-autotune) run of CMT-S (a few minutes more).
 set -uo pipefail
@@ -55,6 +57,19 @@ eval "$CMT profile cmt_s_retinanet cmt_s_mask_rcnn --device cuda --json $OUT_DIR
   > "$OUT_DIR/detectors.txt" 2>&1
 echo "exit $?" >> "$OUT_DIR/detectors.txt"
 cat "$OUT_DIR/detectors.txt"
+
+log "latency calibration on cuda"
+eval "$CMT calibrate --device cuda --blocks 12 --networks 12 -o $OUT_DIR/calibration_cuda.json" \
+  > "$OUT_DIR/calibrate_cuda.txt" 2>&1
+echo "exit $?" >> "$OUT_DIR/calibrate_cuda.txt"
+tail -4 "$OUT_DIR/calibrate_cuda.txt"
+if [ -f "$OUT_DIR/calibration_cuda.json" ]; then
+  log "latency predictions on cuda (24 unseen specs, profiler and plain script)"
+  $PY benchmarks/bench_latency.py --device cuda --n 24 --passes 1 --no-repeat \
+    --calibration "$OUT_DIR/calibration_cuda.json" --out "$OUT_DIR/latency_cuda" > "$OUT_DIR/latency_cuda.txt" 2>&1
+  echo "exit $?" >> "$OUT_DIR/latency_cuda.txt"
+  tail -12 "$OUT_DIR/latency_cuda.txt"
+fi
 
 log "report"
 $PY benchmarks/gpu_report.py "$OUT_DIR" && cat "$OUT_DIR/gpu_check.md"

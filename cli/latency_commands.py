@@ -50,9 +50,15 @@ def calibrate(
     blocks: int = typer.Option(None, "--blocks", help="CMT blocks timed per stage position (default 24; more: a "
                                                       "finer fit)."),
     min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),
+    networks: int = typer.Option(None, "--networks", help="Whole networks drawn over the design space and timed "
+                                                          "into the fit (default 24; 0: parts alone)."),
+    max_drift: float = typer.Option(None, "--max-drift", help="Refuse the run if the machine's speed moves more "
+                                                              "than this fraction while calibrating (default "
+                                                              "0.15)."),
     output: Path = typer.Option(..., "--output", "-o", help="Calibration file to write (JSON, atomically)."),
 ) -> None:
-    """Time CMT's building blocks on a device and fit a latency model (about 2 minutes on a 2-core CPU)."""
+    """Time CMT's building blocks and whole networks on a device and fit a latency model (about 3 minutes on a
+    2-core CPU)."""
     from cmt_gen.latency.calibrate import calibrate as run_calibration
     from cmt_gen.latency.calibration_file import save_calibration
 
@@ -60,7 +66,7 @@ def calibrate(
     with StepReport("calibrating") as progress:
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
                                       form=form, allocator=allocator, blocks_per_stage=blocks, min_time=min_time,
-                                      progress=progress)
+                                      networks=networks, max_drift=max_drift, progress=progress)
     save_calibration(calibration, output)
     s = calibration.settings
     table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "
@@ -75,9 +81,14 @@ def calibrate(
     console.print("left out: at most a tenth of a part's timings, those more than 3x its median error (and over "
                   "10%) off a first fit, taken as disturbed by other work; the fit is redone without them (the "
                   "errors still cover every timing)", soft_wrap=True)
-    refs = ", ".join(f"{r.name}@{r.resolution} {r.measured_seconds / r.parts_seconds:.3f}"
-                     for r in calibration.references)
-    console.print(f"network factor {calibration.network_factor:.3f} (whole network / sum of its parts: {refs})")
+    ratios = sorted(r.measured_seconds / r.parts_seconds for r in calibration.references)
+    if ratios:
+        console.print(f"network factor {calibration.network_factor:.3f}: the median of whole network / its fitted "
+                      f"parts over {len(ratios)} timed networks (from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+    if calibration.drift:
+        speeds = [d.seconds * 1000 for d in calibration.drift]
+        console.print(f"drift reference (CMT-Ti, timed {len(speeds)} times): {min(speeds):.1f}-{max(speeds):.1f} ms "
+                      f"a call; every timing scaled to its median, {calibration.reference_seconds * 1000:.1f} ms")
     console.print(f"wrote {literal(str(output))} in {calibration.seconds:.0f} s (errors: the fit against its own "
                   "timings; cmt-gen predict --measure checks whole networks)")
 
@@ -100,6 +111,7 @@ def predict(
     from cmt_gen.errors import CmtGenError
     from cmt_gen.latency.calibration_file import check_compatible, load_calibration
     from cmt_gen.latency.evaluate import measure_rows, predict_rows
+    from cmt_gen.latency.predict import run_settings
     from cmt_gen.profile.settings import PRECISIONS
     from cmt_gen.spec.loading import load_spec, spec_files
 
@@ -123,14 +135,19 @@ def predict(
         for warning in more:
             if warning not in warned:
                 err_console.print(f"[yellow]warning:[/] {literal(warning)}", soft_wrap=True)
+    held = run_settings(cal)
     if json_path is not None:
-        emit_json([r.as_dict() for r in rows], json_path)
+        emit_json([{**r.as_dict(), "settings": held} for r in rows], json_path)
     s = cal.settings
     table = Table(title=f"predicted on {literal(cal.machine)} ({s.device}, {s.precision}, batch {s.batch_size}, "
-                        f"threads {s.threads or 'default'})", title_justify="left")
+                        f"threads {s.threads or 'default'}, {s.form} form, allocator {s.allocator}, torch "
+                        f"{literal(cal.torch_version)}; calibrated {literal(cal.created)})", title_justify="left")
     columns = ["spec", "px", "params", "MACs", "ms/batch", "img/s"]
+    anchored = measure and any(r.machine_speed for r in rows)
     if measure:
         columns += ["measured img/s", "error"]
+    if anchored:
+        columns += ["machine now", "error at that speed"]
     for column in columns:
         table.add_column(column, justify="left" if column == "spec" else "right")
     for r in rows:
@@ -139,7 +156,15 @@ def predict(
         if measure:
             cells += [f"{r.measured_images_per_s:,.1f}" if r.measured_images_per_s else literal(r.measure_error or "-"),
                       f"{r.error * 100:+.1f}%" if r.error is not None else "-"]
+        if anchored:
+            cells += [f"{(r.machine_speed - 1) * 100:+.1f}% time" if r.machine_speed else "-",
+                      f"{r.anchored_error * 100:+.1f}%" if r.anchored_error is not None else "-"]
         table.add_row(*cells)
     console.print(table)
+    if anchored:
+        console.print("machine now: the drift reference (CMT-Ti), timed in turn with each spec, against its time when "
+                      "calibrated (+10% time: the machine runs 10% slower now); the last column scales the "
+                      "prediction by it", soft_wrap=True)
+    console.print(f"a plain script sees these speeds with: {literal(held['plain_script'])}", soft_wrap=True)
     if json_path is not None:
         console.print(f"wrote {literal(str(json_path))}")

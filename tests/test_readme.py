@@ -110,6 +110,10 @@ def small_budgets(monkeypatch):
 
     monkeypatch.setattr(calibrate, "DEFAULT_BLOCKS_PER_STAGE", 6)
     monkeypatch.setattr(calibrate, "DEFAULT_MIN_TIME", 0.0)
+    monkeypatch.setattr(calibrate, "DEFAULT_NETWORKS", 2)
+    from cmt_gen.latency import drift  # single-call timings of a tiny budget jitter more than a real run's
+
+    monkeypatch.setattr(drift, "MAX_DRIFT", 1.0)
 
 
 def _run_line(line: int, command: str, cli, folder: Path) -> None:

@@ -1,22 +1,26 @@
-"""`calibrate`: time a designed sample of CMT building blocks on a device and fit a latency model.
+"""`calibrate`: time a designed sample of CMT building blocks and whole networks on a device, fit a latency model.
 
 The sample spans the shapes CMT designs use: for each of the family's four
 stage positions (heads 1, 2, 4, 8; K/V reduction 8, 4, 2, 1), map sizes of
-inputs from 64 to 320 pixels, channels from 0.3x to 2.2x CMT-S's and
+inputs from 64 to 384 pixels, channels from 0.3x to 2.2x CMT-S's and
 expansion ratios 2 to 6, with some blocks given twice the heads or half the
 reduction. Draws are stratified over map sizes and seeded, so two calibrations
 time the same shapes. Stems, patch aggregations and heads are sampled the same
 way. A block over `MAX_MACS_PER_IMAGE` is redrawn to keep the run short.
 
-Last, seven whole reference networks (CMT-Ti and CMT-XS as released and five
-reshaped ones, see `REFERENCE_NETWORKS`) are timed and compared with the sum
-of their fitted parts: the median ratio is the
-calibration's `network_factor`, what running blocks back to back inside one
-network (caches holding other blocks' weights, the glue between stages) costs
-beyond timing each alone. It multiplies every prediction.
+Whole networks are timed beside them: seven reference networks (CMT-Ti and
+CMT-XS as released and five reshaped ones, `REFERENCE_NETWORKS`) and
+`networks` drawn over the whole design space (`latency.networks`). The
+median of whole network / the sum of its fitted parts over all of them is the
+`network_factor`, what running blocks back to back in one network costs
+beyond timing each alone; it multiplies every prediction. With a positive
+`network_weight` the networks also go into the fit itself (`latency.joint_fit`;
+off by default, see there why). A fixed network timed all along corrects the
+timings for the machine's drift, or refuses the run (`latency.drift`).
 
-The timers are parameters: `TorchPartTimer` measures on the device, and a
-test's fake timers make the whole pipeline checkable exactly.
+Every item is timed as the profiler times a network: the median of three
+repeats. The timers are parameters: `TorchPartTimer` measures on the device,
+and a test's fake timers make the whole pipeline checkable exactly.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from cmt_gen.latency import drift as drift_rules
 from cmt_gen.latency.calibration_file import (
     FORMS,
     CalibratedBlockOptions,
@@ -35,13 +41,16 @@ from cmt_gen.latency.calibration_file import (
     CalibrationError,
     installed_torch_version,
 )
-from cmt_gen.latency.features import FEATURES, PART_KINDS, PartShape
+from cmt_gen.latency.drift import DRIFT_EVERY, DRIFT_REFERENCE, TimedPlan, correct_drift
+from cmt_gen.latency.features import FEATURES, PART_KINDS, PartShape, spec_parts
 from cmt_gen.latency.fit import fit_robust
+from cmt_gen.latency.joint_fit import NETWORK_WEIGHT, fit_joint, network_predictions
+from cmt_gen.latency.networks import DEFAULT_NETWORKS, draw_networks
 
 STAGE_HEADS = (1, 2, 4, 8)
 STAGE_REDUCTIONS = (8, 4, 2, 1)
 STAGE_CHANNELS = (64, 128, 256, 512)  # CMT-S; sampled from 0.3x to 2.2x
-RESOLUTIONS = tuple(range(64, 321, 32))  # small inputs pin down the per-call overhead
+RESOLUTIONS = tuple(range(64, 385, 32))  # small inputs pin down the per-call overhead
 MAX_MACS_PER_IMAGE = 700e6
 
 def _per_stage(field: str, values: tuple) -> list[str]:
@@ -63,11 +72,12 @@ REFERENCE_NETWORKS: tuple[tuple[str, str, list[str]], ...] = (
     ("cmt_xs at 256 px", "cmt_xs", ["resolution=256"]),
 )
 DEFAULT_BLOCKS_PER_STAGE = 24
-DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the fastest kept)
+DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the median kept)
 # Upper bounds of the two knobs: far beyond a useful calibration (the default takes minutes), short of
 # one that fills memory with its plan or never ends.
 MAX_BLOCKS_PER_STAGE = 1000
 MAX_MIN_TIME = 60.0
+MAX_NETWORKS = 500
 
 PartTimer = Callable[[PartShape], float]
 NetworkTimer = Callable[[object], float]  # a CMTSpec -> seconds per call
@@ -118,34 +128,39 @@ def plan_parts(blocks_per_stage: int = DEFAULT_BLOCKS_PER_STAGE, seed: int = 0) 
     return parts
 
 
-def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int) -> dict:
-    """One non-negative fit per part kind, on features at the calibration's batch."""
+def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int,
+              networks: list[tuple[list, float]] | None = None, network_weight: float = NETWORK_WEIGHT) -> dict:
+    """Per-kind models: one joint non-negative fit of the isolated parts and (where timed) whole networks,
+    given as (their `spec_parts`, seconds); without networks, one fit per kind on the parts alone."""
     from cmt_gen.latency.calibration_file import PartModel
 
-    models = {}
     for kind in PART_KINDS:
-        rows = [(p.features(batch_size), s) for p, s in measured if p.kind == kind]
-        if not rows:
+        if not any(p.kind == kind for p, _ in measured):
             raise CalibrationError(f"no {kind} was measured; cannot fit its latency", field="parts")
-        report = fit_robust([r for r, _ in rows], [s for _, s in rows])
-        models[kind] = PartModel(features=list(FEATURES[kind]), coefficients=list(report.coefficients),
-                                 samples=report.samples, median_error=report.median_error,
-                                 worst_error=report.worst_error, outliers=report.outliers)
-    return models
+    if networks and network_weight > 0:
+        reports, _ = fit_joint(measured, networks, batch_size, network_weight)
+    else:
+        reports = {kind: fit_robust([p.features(batch_size) for p, _ in measured if p.kind == kind],
+                                    [s for p, s in measured if p.kind == kind]) for kind in PART_KINDS}
+    return {kind: PartModel(features=list(FEATURES[kind]), coefficients=list(r.coefficients), samples=r.samples,
+                            median_error=r.median_error, worst_error=r.worst_error, outliers=r.outliers)
+            for kind, r in reports.items()}
 
 
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
               threads: int | None = None, form: str = "deploy", allocator: str = "auto",
               blocks_per_stage: int | None = None, min_time: float | None = None, repeats: int = 3,
+              networks: int | None = None, network_weight: float = NETWORK_WEIGHT, max_drift: float | None = None,
               seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
-    """Measure the planned building blocks on the device, fit per kind, return the calibration.
+    """Measure the planned building blocks and whole networks on the device, fit, return the calibration.
 
     Device, precision, batch size and threads resolve as for `cmt-gen profile`
     (batch 8 on CPU by default). `timer` replaces the device measurement
-    (seconds per call of a part) and `network_timer` that of the reference
-    networks; tests pass synthetic ones. A `timer` without a `network_timer`
-    leaves the network factor at 1.
+    (seconds per call of a part) and `network_timer` that of whole networks
+    (the reference networks, the `networks` drawn ones and the drift reference);
+    tests pass synthetic ones. A `timer` without a `network_timer` times no
+    network: the fit is on parts alone and the network factor stays 1.
     """
     from cmt_gen.latency.measure import TorchPartTimer
     from cmt_gen.profile.bench import run_environment
@@ -155,16 +170,21 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         raise CalibrationError(f"unknown form {form!r}; use {' or '.join(FORMS)}", field="form")
     blocks_per_stage = DEFAULT_BLOCKS_PER_STAGE if blocks_per_stage is None else blocks_per_stage
     min_time = DEFAULT_MIN_TIME if min_time is None else min_time
+    networks = DEFAULT_NETWORKS if networks is None else networks
+    max_drift = drift_rules.MAX_DRIFT if max_drift is None else max_drift
     if (isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int)
             or not 3 <= blocks_per_stage <= MAX_BLOCKS_PER_STAGE):
         raise CalibrationError(f"must be a whole number from 3 to {MAX_BLOCKS_PER_STAGE}, got {blocks_per_stage!r}",
                                field="blocks")
+    if isinstance(networks, bool) or not isinstance(networks, int) or not 0 <= networks <= MAX_NETWORKS:
+        raise CalibrationError(f"must be a whole number from 0 to {MAX_NETWORKS}, got {networks!r}", field="networks")
     if not (math.isfinite(min_time) and 0 <= min_time <= MAX_MIN_TIME):
         raise CalibrationError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}",
                                field="min_time")
+    if not (math.isfinite(max_drift) and 0 < max_drift <= 1):
+        raise CalibrationError(f"must be a fraction above 0 and at most 1, got {max_drift}", field="max_drift")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
                                 allocator=allocator)
-    plan = plan_parts(blocks_per_stage, seed)
     started = time.perf_counter()
     with run_environment(settings):
         from cmt_gen.profile.env import fingerprint
@@ -173,27 +193,22 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         device_timer = TorchPartTimer(settings, CalibratedBlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)
-        # Timed in a shuffled order, so a burst of other load on the machine spreads over every kind
-        # and size of block instead of biasing one stage's.
-        order = list(range(len(plan)))
-        random.Random(seed + 1).shuffle(order)
-        total = len(plan) + (len(REFERENCE_NETWORKS) if whole is not None else 0)  # known before the first step
-        times: dict[int, float] = {}
-        for n, index in enumerate(order):
-            part = plan[index]
-            if progress:
-                progress(n, total, part.describe())
-            seconds = float(measure(part))
-            if not (math.isfinite(seconds) and seconds > 0):
-                raise CalibrationError(f"timing {part.describe()} gave {seconds} s", field="parts")
-            times[index] = seconds
-        measured = [(plan[i], times[i]) for i in range(len(plan))]
+        plan = _plan(blocks_per_stage, networks if whole else -1, seed)
+        timed = _time_plan(plan, measure, whole, seed, progress)
+        drift = correct_drift(timed, max_drift)
+        parts = [(item, seconds) for item, seconds in zip(plan, timed.seconds, strict=True)
+                 if isinstance(item, PartShape)]
+        wholes = [(item, seconds) for item, seconds in zip(plan, timed.seconds, strict=True)
+                  if not isinstance(item, PartShape)]
         if progress:
-            progress(len(plan), total, "fitting")
-        models = fit_parts(measured, settings.batch_size)
-        references = _reference_times(whole, models, settings.batch_size, progress, len(plan), total)
+            progress(timed.total - 1, timed.total, "fitting")
+        models = fit_parts(parts, settings.batch_size, [(spec_parts(n.spec), s) for n, s in wholes], network_weight)
         if progress:
-            progress(total, total, "done")
+            progress(timed.total, timed.total, "done")
+    coefficients = {kind: m.coefficients for kind, m in models.items()}
+    references = [{"name": n.name, "resolution": n.spec.resolution, "measured_seconds": s,
+                   "parts_seconds": network_predictions(coefficients, spec_parts(n.spec), settings.batch_size)}
+                  for n, s in wholes]
     ratios = sorted(r["measured_seconds"] / r["parts_seconds"] for r in references)
     factor = statistics.median(ratios) if ratios else 1.0
     return Calibration(
@@ -204,29 +219,70 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         machine=environment.get("device_name") or environment.get("cpu") or "unknown",
         torch_version=installed_torch_version() or environment.get("torch", "unknown"),
         environment=environment, parts=models, network_factor=factor, references=references,
-        measurements=[{"kind": p.kind, "shape": _shape_dict(p), "seconds": s} for p, s in measured],
-        seconds=time.perf_counter() - started,
+        measurements=[{"kind": p.kind, "shape": _shape_dict(p), "seconds": s} for p, s in parts],
+        drift=drift, seconds=time.perf_counter() - started,
     )
 
 
-def _reference_times(whole: NetworkTimer | None, models: dict, batch: int, progress: Progress | None,
-                     done: int, total: int) -> list[dict]:
-    """Each reference network's measured seconds beside the sum of its fitted parts."""
-    if whole is None:
-        return []
-    from cmt_gen.latency.features import spec_parts
-    from cmt_gen.latency.fit import predict
+@dataclass(frozen=True)
+class Network:
+    """A whole network of the calibration plan: a reference, a drawn one, or the drift reference."""
+
+    name: str
+    spec: object  # CMTSpec
+
+
+def _plan(blocks_per_stage: int, networks: int, seed: int) -> list:
+    """Parts, then the reference networks and `networks` drawn ones (no network at all for -1: none is timed)."""
     from cmt_gen.spec.loading import load_spec
 
-    found = []
-    for n, (name, base, overrides) in enumerate(REFERENCE_NETWORKS):
-        spec = load_spec(base, overrides or None)
+    plan: list = list(plan_parts(blocks_per_stage, seed))
+    if networks < 0:
+        return plan
+    plan += [Network(name, load_spec(base, overrides or None)) for name, base, overrides in REFERENCE_NETWORKS]
+    plan += [Network(name, spec) for name, spec in draw_networks(networks, seed)]
+    return plan
+
+
+def _time_plan(plan: list, measure: PartTimer, whole: NetworkTimer | None, seed: int,
+               progress: Progress | None) -> TimedPlan:
+    """Time every item in a shuffled order (a burst of other load spreads over every kind and size), with
+    the drift reference timed first, every `DRIFT_EVERY` items and last."""
+    from cmt_gen.spec.loading import load_spec
+
+    items = [i for i, item in enumerate(plan) if whole is not None or isinstance(item, PartShape)]
+    random.Random(seed + 1).shuffle(items)
+    drift_spec = load_spec(DRIFT_REFERENCE[0], DRIFT_REFERENCE[1] or None)
+    checks = 0 if whole is None else -(-len(items) // DRIFT_EVERY) + 1  # every DRIFT_EVERY items, and last
+    total = len(items) + checks + 1  # known before the first step; the last step is the fit
+    timed = TimedPlan(seconds=[0.0] * len(plan), total=total)
+    step = 0
+    for n, index in enumerate(items):
+        if whole is not None and n % DRIFT_EVERY == 0:
+            if progress:
+                progress(step, total, f"drift reference {DRIFT_REFERENCE[0]}")
+            timed.reference.append((n, _checked(whole(drift_spec), "the drift reference")))
+            step += 1
+        item = plan[index]
+        label = item.describe() if isinstance(item, PartShape) else f"network {item.name}"
         if progress:
-            progress(done + n, total, f"reference network {name}")
-        parts = sum(calls * predict(models[p.kind].coefficients, p.features(batch)) for p, calls in spec_parts(spec))
-        found.append({"name": name, "resolution": spec.resolution, "measured_seconds": float(whole(spec)),
-                      "parts_seconds": parts})
-    return found
+            progress(step, total, label)
+        seconds = measure(item) if isinstance(item, PartShape) else whole(item.spec)
+        timed.seconds[index] = _checked(seconds, label)
+        timed.position[index] = n
+        step += 1
+    if whole is not None:
+        if progress:
+            progress(step, total, f"drift reference {DRIFT_REFERENCE[0]}")
+        timed.reference.append((len(items), _checked(whole(drift_spec), "the drift reference")))
+    return timed
+
+
+def _checked(seconds: float, what: str) -> float:
+    seconds = float(seconds)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise CalibrationError(f"timing {what} gave {seconds} s", field="parts")
+    return seconds
 
 
 def _shape_dict(part: PartShape) -> dict:

@@ -78,6 +78,14 @@ class ReferenceTiming(_Strict):
     parts_seconds: float = Field(gt=0)
 
 
+class DriftTiming(_Strict):
+    """One timing of the drift reference: its place in the timing order, seconds, and the smoothed curve."""
+
+    at: int = Field(ge=0)
+    seconds: float = Field(gt=0)
+    smoothed: float = Field(gt=0)
+
+
 class CalibrationSettings(_Strict):
     device: str
     device_type: Literal[KINDS]  # "cpu", "cuda", "mps": every registered kind of device
@@ -116,9 +124,11 @@ class Calibration(_Strict):
     environment: dict[str, Any] = Field(default_factory=dict)
     parts: dict[str, PartModel]
     network_factor: float = Field(1.0, ge=0.01, le=100,
-                                  description="Whole network / sum of its parts, on the references.")
+                                  description="Median whole network / its fitted parts over the timed networks.")
     references: list[ReferenceTiming] = Field(default_factory=list)
     measurements: list[Measurement] = Field(default_factory=list)
+    drift: list[DriftTiming] = Field(default_factory=list, description="The drift reference's timings; "
+                                     "files from before drift correction have none.")
     seconds: float = Field(0.0, ge=0, description="How long the calibration took.")
 
     @model_validator(mode="after")
@@ -132,6 +142,13 @@ class Calibration(_Strict):
             if tuple(model.features) != FEATURES[kind]:
                 raise ValueError(f"parts.{kind}.features must be {list(FEATURES[kind])}, got {model.features}")
         return self
+
+    @property
+    def reference_seconds(self) -> float | None:
+        """The drift reference's median seconds per call over the calibration (None in older files)."""
+        import statistics
+
+        return statistics.median(d.seconds for d in self.drift) if self.drift else None
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=1) + "\n"

@@ -25,6 +25,7 @@ class PredictionRow:
     prediction: LatencyPrediction
     measured_images_per_s: float | None = None
     measure_error: str | None = None
+    machine_speed: float | None = None  # the drift reference's seconds now / at calibration (1.1: 10% slower)
 
     @property
     def name(self) -> str:
@@ -37,6 +38,13 @@ class PredictionRow:
             return None
         return self.prediction.images_per_s / self.measured_images_per_s - 1
 
+    @property
+    def anchored_error(self) -> float | None:
+        """The error once the prediction is scaled to the machine's speed now (`machine_speed`)."""
+        if self.error is None or not self.machine_speed:
+            return None
+        return (1 + self.error) / self.machine_speed - 1
+
     def as_dict(self) -> dict:
         # `source`: these figures are a calibration's predictions; readers of measurements (compare --profile)
         # take only the measured ones.
@@ -46,6 +54,8 @@ class PredictionRow:
         if self.measured_images_per_s is not None:
             row.update(measured_latency_ms=self.prediction.batch_size / self.measured_images_per_s * 1000,
                        measured_images_per_s=self.measured_images_per_s, error=self.error)
+        if self.machine_speed is not None:
+            row.update(machine_speed=self.machine_speed, anchored_error=self.anchored_error)
         if self.measure_error:
             row["measure_error"] = self.measure_error
         return row
@@ -66,12 +76,21 @@ def predict_rows(specs: Sequence, calibration: Calibration) -> list[PredictionRo
 
 def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min_time: float | None = None,
                  repeats: int | None = None, progress: Callable[[int, str], None] | None = None,
-                 force: bool = False, source: str = "calibration") -> list[str]:
-    """Profile each row's spec under the calibration's settings and record its median images/s.
+                 force: bool = False, source: str = "calibration", anchor: bool = True) -> list[str]:
+    """Measure each row's spec under the calibration's settings and record its images/s.
 
-    With torch loaded the device itself can be identified (a GPU's name), so the
-    calibration is checked against it once more; returns the warnings if forced.
+    With a calibration that timed the drift reference (and `anchor`), each spec is timed in turn with
+    that reference (`TorchPartTimer.paired`, the calibration's own clock and statistic), and the row
+    records how fast the machine runs now beside the calibration (`machine_speed`); otherwise the
+    profiler's median images/s. With torch loaded the device itself can be identified (a GPU's name), so
+    the calibration is checked against it once more; returns the warnings if forced.
     """
+    if anchor and calibration.reference_seconds:
+        from cmt_gen.latency.calibration_file import check_compatible
+
+        warnings = check_compatible(calibration, source=source, force=force)
+        _measure_anchored(rows, calibration, min_time, progress)
+        return warnings
     from cmt_gen.latency.calibration_file import check_compatible
     from cmt_gen.profile.runner import run_profiles
     from cmt_gen.profile.settings import resolve_settings
@@ -88,6 +107,39 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
         else:
             row.measure_error = result.error or f"measured at batch {result.batch_size}, not {s.batch_size}"
     return warnings
+
+
+ANCHORED_MIN_TIME = 0.15  # seconds per timed round of the reference (the spec's rounds last twice as long)
+
+
+def _measure_anchored(rows: Sequence[PredictionRow], calibration: Calibration, min_time: float | None,
+                      progress: Callable[[int, str], None] | None) -> None:
+    """Each row's spec timed in turn with the drift reference, under the calibration's settings."""
+    from cmt_gen.latency.calibration_file import CalibratedBlockOptions
+    from cmt_gen.latency.drift import DRIFT_REFERENCE
+    from cmt_gen.latency.measure import TorchPartTimer
+    from cmt_gen.profile.bench import run_environment
+    from cmt_gen.profile.settings import resolve_settings
+    from cmt_gen.spec.loading import load_spec
+
+    s = calibration.settings
+    settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
+                                form=s.form, allocator=s.allocator)
+    reference = load_spec(DRIFT_REFERENCE[0], DRIFT_REFERENCE[1] or None)
+    with run_environment(settings):
+        timer = TorchPartTimer(settings, CalibratedBlockOptions(), form=s.form,
+                               min_time=ANCHORED_MIN_TIME if min_time is None else min_time)
+        for i, row in enumerate(rows):
+            if progress:
+                progress(i, f"timing with the drift reference {DRIFT_REFERENCE[0]}")
+            try:
+                seconds, ref_seconds = timer.paired(row.spec, reference)
+            except Exception as exc:  # noqa: BLE001 - one spec's failure is its row's, the others still run
+                text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                row.measure_error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+                continue
+            row.measured_images_per_s = s.batch_size / seconds
+            row.machine_speed = ref_seconds / calibration.reference_seconds
 
 
 def summary(rows: Sequence[PredictionRow], within: float = 0.10) -> dict:

@@ -61,23 +61,25 @@ def fit_nonnegative(rows: Sequence[Sequence[float]], seconds: Sequence[float]) -
     return _report(tuple(x[j] / scale[j] for j in range(k)), rows, seconds)
 
 
-def solve_nonnegative(a: list[list[float]]) -> list[float]:
-    """min ||a x - 1|| with x >= 0: `scipy.optimize.nnls` when scipy is installed, else `_nnls`.
+def solve_nonnegative(a: list[list[float]], targets: Sequence[float] | None = None) -> list[float]:
+    """min ||a x - b|| with x >= 0 (b: `targets`, all ones by default): `scipy.optimize.nnls` when scipy is
+    installed, else `_nnls`.
 
     scipy solves on `a` itself (Householder QR); the fallback works on the normal equations, whose
     condition number is cond(a) squared. On timings the model represents exactly, scipy recovers the
     coefficients to about 1e-14 and the fallback to about 1e-8; on real timings the two fits agree to
     about 1e-9, far inside the timing noise, so a calibration without scipy is as good in practice.
     """
+    b = [1.0] * len(a) if targets is None else [float(v) for v in targets]
     try:
         from scipy.optimize import nnls
     except ImportError:
         k = len(a[0])
         ata = [[sum(row[i] * row[j] for row in a) for j in range(k)] for i in range(k)]
-        return _nnls(ata, [sum(row[i] for row in a) for i in range(k)])  # A^T b, with b = 1
+        return _nnls(ata, [sum(row[i] * v for row, v in zip(a, b, strict=True)) for i in range(k)])
     import numpy as np
 
-    x, _ = nnls(np.asarray(a, dtype=float), np.ones(len(a)))
+    x, _ = nnls(np.asarray(a, dtype=float), np.asarray(b, dtype=float))
     return [float(v) for v in x]
 
 

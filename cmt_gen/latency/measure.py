@@ -9,6 +9,10 @@ torch is imported inside: this is the only module of the layer that needs it.
 
 from __future__ import annotations
 
+import contextlib
+import statistics
+from collections.abc import Callable, Iterator
+
 from cmt_gen.latency.calibration_file import CalibratedBlockOptions
 from cmt_gen.latency.features import PartShape
 from cmt_gen.profile.settings import ProfileSettings
@@ -29,13 +33,36 @@ class TorchPartTimer:
         return self.time_module(module, inputs, chunk_width=part.hidden if part.kind == "block" else None)
 
     def network(self, spec) -> float:
-        """Seconds per call of a whole network (the calibration's reference networks), timed twice as long."""
+        """Seconds per call of a whole network (the calibration's networks), timed twice as long."""
+        with self.prepared_network(spec) as step:
+            return self.time_step(step, 2 * self.min_time)
+
+    def paired(self, spec, reference, rounds: int = 5) -> tuple[float, float]:
+        """Median seconds per call of `spec` and of `reference` (a network), timed in turn: reference, spec,
+        reference, ... (`rounds` of the spec, one more of the reference), so both see the same machine.
+
+        What `predict --measure` reports: the spec's time, and the machine's speed now beside the
+        calibration's own timing of the same reference (see `latency.drift`).
+        """
+        with self.prepared_network(reference) as ref_step, self.prepared_network(spec) as spec_step:
+            for _ in range(self.warmup):
+                spec_step()
+                ref_step()
+            ref_times = [self.time_step(ref_step, self.min_time, warmup=0, repeats=1)]
+            spec_times = []
+            for _ in range(rounds):
+                spec_times.append(self.time_step(spec_step, 2 * self.min_time, warmup=0, repeats=1))
+                ref_times.append(self.time_step(ref_step, self.min_time, warmup=0, repeats=1))
+        return statistics.median(spec_times), statistics.median(ref_times)
+
+    def prepared_network(self, spec):
+        """A context giving a zero-argument step that runs the built network once, placed for the settings."""
         import torch
 
         from cmt_gen.model.network import build_model
 
         x = torch.randn(self.settings.batch_size, spec.in_channels, spec.resolution, spec.resolution)
-        return self.time_module(build_model(spec), [x], 2 * self.min_time)
+        return self.prepared(build_model(spec), [x])
 
     def time_module(self, module, inputs: list, min_time: float | None = None,
                     chunk_width: int | None = None) -> float:
@@ -45,8 +72,12 @@ class TorchPartTimer:
         stage would split the batch into (`deploy.cache_chunks`), one after the other, so the
         part is timed as the whole network runs it.
         """
-        import contextlib
+        with self.prepared(module, inputs, chunk_width) as step:
+            return self.time_step(step, min_time)
 
+    @contextlib.contextmanager
+    def prepared(self, module, inputs: list, chunk_width: int | None = None) -> Iterator[Callable[[], object]]:
+        """The module in its form, precision and device, and a step calling it under inference mode."""
         import torch
 
         s = self.settings
@@ -67,13 +98,20 @@ class TorchPartTimer:
             calls = [inputs]
             if chunk_width is not None and self.form == "deploy":
                 calls = _as_the_stage_chunks(inputs, chunk_width)
-            run = measure_throughput(lambda: [module(*args) for args in calls], s.batch_size, self.clock,
-                                     warmup=self.warmup,
-                                     iters=1, min_time=self.min_time if min_time is None else min_time,
-                                     repeats=self.repeats)
-        # Other load on the machine only ever slows a kernel down: the fastest repeat is the
-        # least disturbed estimate of the block's own time.
-        return s.batch_size / max(run.rates)
+            yield lambda: [module(*args) for args in calls]
+
+    def time_step(self, step: Callable[[], object], min_time: float | None = None, *, warmup: int | None = None,
+                  repeats: int | None = None) -> float:
+        """Seconds per call of `step`, as the profiler times a network: after warm-up, the median repeat."""
+        s = self.settings
+        run = measure_throughput(step, s.batch_size, self.clock, warmup=self.warmup if warmup is None else warmup,
+                                 iters=1, min_time=self.min_time if min_time is None else min_time,
+                                 repeats=self.repeats if repeats is None else repeats)
+        # The median repeat, as the profiler reports a whole network (`cmt-gen profile`, `predict --measure`):
+        # a calibration fitted to the fastest repeats predicted the typical call several percent too fast on
+        # a machine whose calls jitter, and a burst of other load still moves a median of three at most to
+        # the next repeat.
+        return s.batch_size / statistics.median(run.rates)
 
 
 def _as_the_stage_chunks(inputs: list, width: int) -> list[list]:

@@ -45,6 +45,24 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
     return calibration.network_factor * predict(model.coefficients, part.features(calibration.settings.batch_size))
 
 
+RETAIN_ENVIRONMENT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"  # glibc tunables = `retain`
+
+
+def run_settings(calibration: Calibration) -> dict:
+    """What a prediction holds for: the calibration's run settings, and how a plain script reproduces them."""
+    s = calibration.settings
+    form = "model.reparameterize() (deploy form)" if s.form == "deploy" else "the model as built (no reparameterize)"
+    steps = [f"batch {s.batch_size}", f"{s.precision}", form]
+    if s.threads:
+        steps.append(f"torch.set_num_threads({s.threads})")
+    if s.allocator == "retain":
+        steps.append(f"{RETAIN_ENVIRONMENT} in the environment (glibc; or jemalloc/tcmalloc preloaded)")
+    return {"device": s.device, "machine": calibration.machine, "precision": s.precision,
+            "batch_size": s.batch_size, "threads": s.threads, "form": s.form, "allocator": s.allocator,
+            "torch": calibration.torch_version, "calibrated": calibration.created,
+            "plain_script": "; ".join(steps)}
+
+
 def check_block_options(spec, calibration: Calibration, source: str = "calibration") -> None:
     """Refuse a spec whose blocks run other kernels than those calibrated (attention, LPU, K/V reduction...)."""
     held = calibration.block_options.model_dump(mode="json")
