@@ -249,7 +249,7 @@ def measure_passes(rows: list, cal, passes: int, seed: int, **timing) -> None:
             row.machine_speed = statistics.median(speeds[i]) if i in speeds else None
 
 
-def plain_script_seconds(rows: list, cal, out: Path, threads: int) -> dict[str, dict]:
+def plain_script_seconds(rows: list, cal, out: Path, threads: int, quick: bool = False) -> dict[str, dict]:
     """Seconds per call of each row's spec from `plain_timing.py` in a fresh process, with the environment
     the README gives a plain script for the calibration's memory policy."""
     import subprocess
@@ -262,7 +262,7 @@ def plain_script_seconds(rows: list, cal, out: Path, threads: int) -> dict[str, 
     cmd = [sys.executable, str(Path(__file__).with_name("plain_timing.py")), str(specs), "--threads", str(threads),
            "--device", cal.settings.device,
            "--batch-size", str(cal.settings.batch_size), "--form", cal.settings.form, "--reference", "cmt_ti"]
-    if out.name == "quick":
+    if quick:
         cmd += ["--warmup", "1", "--min-calls", "1", "--min-time", "0"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -277,7 +277,7 @@ def plain_script_seconds(rows: list, cal, out: Path, threads: int) -> dict[str, 
 def _retain_environment() -> dict[str, str]:
     """What `predict` and the README tell a plain script to set for `allocator: retain` (glibc's tunables in
     the environment: the mallopt settings `host_allocator.set_policy("retain")` makes)."""
-    from cmt_gen.latency.predict import RETAIN_ENVIRONMENT
+    from cmt_gen.profile.host_allocator import RETAIN_ENVIRONMENT
 
     return dict(item.split("=", 1) for item in RETAIN_ENVIRONMENT.split())
 
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     adjusted = [r.anchored_error for r in rows]
     measure_s = time.perf_counter() - measure_started
     plain_started = time.perf_counter()
-    plain_s = plain_script_seconds(rows, cal, args.out, args.threads)
+    plain_s = plain_script_seconds(rows, cal, args.out, args.threads, quick)
     plain = [plain_s[r.name]["seconds"] / r.prediction.seconds - 1 if r.name in plain_s else None for r in rows]
     plain_anchored = [None if r.name not in plain_s or not cal.reference_seconds else
                       plain_s[r.name]["seconds"] / (r.prediction.seconds * plain_s[r.name]["reference_seconds"]

@@ -21,6 +21,7 @@ from cmt_gen.cli.common import (
     one_line,
     step_progress,
     use_threads,
+    verdict_cell,
 )
 
 EXIT_HELP = ("Exit code: 0 all within reference or budget (documented deviations from the paper, such as "
@@ -132,7 +133,7 @@ def _cells(result, quantity: str) -> tuple[str, str]:
 def _render(results, counter: str, code: int, last: bool = True) -> None:
     from rich.table import Table
 
-    from cmt_gen.check.budget import DERIVED_TOLERANCE, FAILING, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
+    from cmt_gen.check.budget import DERIVED_TOLERANCE, FVCORE_UNIT, MACS_UNIT, TOLERANCE_RULE
 
     fvcore = counter in ("fvcore", "both")
     counted = "analytic + fvcore counters" if counter == "both" else f"{counter} counter"
@@ -155,8 +156,7 @@ def _render(results, counter: str, code: int, last: bool = True) -> None:
             row.append(f"{r.fvcore_macs / 1e9:.3f}G")
         if fvcore:
             row.append(f"{r.fvcore_total / 1e9:.3f}G")
-        style = "red" if r.verdict in FAILING else "yellow" if r.documented else "green"
-        row.append(f"[{style}]{r.verdict}[/]")
+        row.append(verdict_cell(r))
         table.add_row(*row)
     console.print(table)
     console.print(MACS_UNIT + ".", soft_wrap=True)

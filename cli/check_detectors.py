@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cmt_gen.cli.common import console, literal, one_line
+from cmt_gen.cli.common import console, literal, one_line, verdict_cell
 
 
 def _cells(result, quantity: str) -> tuple[str, str]:
@@ -16,7 +16,7 @@ def _cells(result, quantity: str) -> tuple[str, str]:
 def render_detectors(results, counter: str, code: int, exit_help: str) -> None:
     from rich.table import Table
 
-    from cmt_gen.check.budget import FAILING, TOLERANCE_RULE
+    from cmt_gen.check.budget import TOLERANCE_RULE
     from cmt_gen.check.detector import DETECTOR_MACS_UNIT
     from cmt_gen.cost.tables78 import SWAPPED_NOTE
 
@@ -36,8 +36,7 @@ def render_detectors(results, counter: str, code: int, exit_help: str) -> None:
                f"{r.macs_without_attention / 1e9:.1f}G", f"{r.hook_count / 1e9:.2f}G", macs_target, macs_delta]
         if counter == "both":
             row.append(f"{r.fvcore_macs / 1e9:.1f}G")
-        style = "red" if r.verdict in FAILING else "yellow" if r.documented else "green"
-        row.append(f"[{style}]{r.verdict}[/]")
+        row.append(verdict_cell(r))
         table.add_row(*row)
     console.print(table)
     console.print(DETECTOR_MACS_UNIT + ".", soft_wrap=True)

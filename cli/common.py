@@ -82,6 +82,14 @@ def emit_json(payload: Any, path: str | Path | None = None) -> None:
     write_atomic(Path(path), text)
 
 
+def verdict_cell(result) -> str:
+    """A check's verdict, coloured: red when failing, yellow for a documented deviation, else green."""
+    from cmt_gen.check.budget import FAILING
+
+    style = "red" if result.verdict in FAILING else "yellow" if result.documented else "green"
+    return f"[{style}]{result.verdict}[/]"
+
+
 def fmt_params(value: float | None, digits: int = 2) -> str:
     """Parameters always in M (one unit per column: 0.60M beside 26.26M)."""
     from cmt_gen.spec.quantity import format_params

@@ -205,8 +205,8 @@ class PartCost:
 
 
 @dataclass
-class ModelCost:
-    """Analytic cost of a spec at one input size, with a per-part breakdown."""
+class PartTotals:
+    """Per-part costs of a network at one input size, and their totals (a backbone's or a detector's)."""
 
     spec_name: str
     height: int
@@ -221,6 +221,14 @@ class ModelCost:
     def macs(self) -> int:
         return sum(p.macs for p in self.parts)
 
+    def part(self, name: str) -> PartCost:
+        return next(p for p in self.parts if p.name == name)
+
+
+@dataclass
+class ModelCost(PartTotals):
+    """Analytic cost of a spec at one input size, with a per-part breakdown."""
+
     @property
     def activations(self) -> int:
         return sum(p.acts for p in self.parts)
@@ -234,9 +242,6 @@ class ModelCost:
     def flops(self) -> int:
         """2 x MACs: the unit of torch's FlopCounterMode, not of the paper."""
         return 2 * self.macs
-
-    def part(self, name: str) -> PartCost:
-        return next(p for p in self.parts if p.name == name)
 
     @property
     def stages(self) -> list[PartCost]:

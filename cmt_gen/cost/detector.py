@@ -15,35 +15,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cmt_gen.cost.analytic import Cx, PartCost, analytic_cost, conv2d, linear
+from cmt_gen.cost.analytic import Cx, PartCost, PartTotals, analytic_cost, conv2d, linear
 from cmt_gen.spec.detector import DetectorKind, DetectorSpec, ExtraLevelSource
 
 
 @dataclass
-class DetectorCost:
+class DetectorCost(PartTotals):
     """Per-part cost of a detector at one input size; `attention_macs` are inside the backbone's MACs."""
 
-    spec_name: str
-    height: int
-    width: int
-    parts: list[PartCost] = field(default_factory=list)
     attention_macs: int = 0
     levels: list[tuple[int, int]] = field(default_factory=list)  # (h, w) of every pyramid level, fine to coarse
 
     @property
-    def params(self) -> int:
-        return sum(p.params for p in self.parts)
-
-    @property
-    def macs(self) -> int:
-        return sum(p.macs for p in self.parts)
-
-    @property
     def macs_without_attention(self) -> int:
         return self.macs - self.attention_macs
-
-    def part(self, name: str) -> PartCost:
-        return next(p for p in self.parts if p.name == name)
 
     def as_dict(self) -> dict:
         return {"spec": self.spec_name, "input": [self.height, self.width], "params": self.params,

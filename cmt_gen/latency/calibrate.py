@@ -193,7 +193,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         device_timer = TorchPartTimer(settings, CalibratedBlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)
-        plan = _plan(blocks_per_stage, networks if whole else -1, seed)
+        plan = _plan(blocks_per_stage, networks if whole else None, seed)
         timed = _time_plan(plan, measure, whole, seed, progress)
         drift = correct_drift(timed, max_drift)
         parts = [(item, seconds) for item, seconds in zip(plan, timed.seconds, strict=True)
@@ -232,12 +232,12 @@ class Network:
     spec: object  # CMTSpec
 
 
-def _plan(blocks_per_stage: int, networks: int, seed: int) -> list:
-    """Parts, then the reference networks and `networks` drawn ones (no network at all for -1: none is timed)."""
+def _plan(blocks_per_stage: int, networks: int | None, seed: int) -> list:
+    """Parts, then the reference networks and `networks` drawn ones (None: no network is timed at all)."""
     from cmt_gen.spec.loading import load_spec
 
     plan: list = list(plan_parts(blocks_per_stage, seed))
-    if networks < 0:
+    if networks is None:
         return plan
     plan += [Network(name, load_spec(base, overrides or None)) for name, base, overrides in REFERENCE_NETWORKS]
     plan += [Network(name, spec) for name, spec in draw_networks(networks, seed)]

@@ -119,6 +119,7 @@ def _measure_anchored(rows: Sequence[PredictionRow], calibration: Calibration, m
     from cmt_gen.latency.drift import DRIFT_REFERENCE
     from cmt_gen.latency.measure import TorchPartTimer
     from cmt_gen.profile.bench import run_environment
+    from cmt_gen.profile.runner import failure_text
     from cmt_gen.profile.settings import resolve_settings
     from cmt_gen.spec.loading import load_spec
 
@@ -135,8 +136,7 @@ def _measure_anchored(rows: Sequence[PredictionRow], calibration: Calibration, m
             try:
                 seconds, ref_seconds = timer.paired(row.spec, reference)
             except Exception as exc:  # noqa: BLE001 - one spec's failure is its row's, the others still run
-                text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-                row.measure_error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+                row.measure_error = failure_text(exc)
                 continue
             row.measured_images_per_s = s.batch_size / seconds
             row.machine_speed = ref_seconds / calibration.reference_seconds

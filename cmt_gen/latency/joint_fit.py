@@ -37,18 +37,21 @@ def _offsets() -> dict[str, int]:
     return offsets
 
 
+OFFSETS = _offsets()  # where each kind's columns start in a row over every kind's features
+COLUMNS = sum(len(f) for f in FEATURES.values())
+
+
 def part_row(part: PartShape, batch: int) -> list[float]:
     """A part's features placed in its kind's columns, zeros elsewhere."""
-    offsets = _offsets()
-    row = [0.0] * sum(len(f) for f in FEATURES.values())
+    row = [0.0] * COLUMNS
     for j, value in enumerate(part.features(batch)):
-        row[offsets[part.kind] + j] = value
+        row[OFFSETS[part.kind] + j] = value
     return row
 
 
 def network_row(parts: Sequence[tuple[PartShape, int]], batch: int) -> list[float]:
     """A network's features: every part's row times how often it runs, summed."""
-    total = [0.0] * sum(len(f) for f in FEATURES.values())
+    total = [0.0] * COLUMNS
     for part, calls in parts:
         for j, value in enumerate(part_row(part, batch)):
             total[j] += calls * value
@@ -71,10 +74,9 @@ def fit_joint(parts: Sequence[tuple[PartShape, float]], networks: Sequence[tuple
     drop = {i for i in worst if errors[i] > limit}
     if drop:
         x = _solve([row for i, row in enumerate(rows) if i not in drop])
-    offsets = _offsets()
     reports = {}
     for kind in PART_KINDS:
-        coefficients = tuple(x[offsets[kind]: offsets[kind] + len(FEATURES[kind])])
+        coefficients = tuple(x[OFFSETS[kind]: OFFSETS[kind] + len(FEATURES[kind])])
         own = [(p.features(batch), s) for p, s in parts if p.kind == kind]
         kind_errors = [abs(predict(coefficients, f) / s - 1) for f, s in own] or [0.0]
         left_out = sum(1 for i in drop if i < len(parts) and parts[i][0].kind == kind)

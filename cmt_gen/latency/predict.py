@@ -45,11 +45,10 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
     return calibration.network_factor * predict(model.coefficients, part.features(calibration.settings.batch_size))
 
 
-RETAIN_ENVIRONMENT = "MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647"  # glibc tunables = `retain`
-
-
 def run_settings(calibration: Calibration) -> dict:
     """What a prediction holds for: the calibration's run settings, and how a plain script reproduces them."""
+    from cmt_gen.profile.host_allocator import RETAIN_ENVIRONMENT
+
     s = calibration.settings
     form = "model.reparameterize() (deploy form)" if s.form == "deploy" else "the model as built (no reparameterize)"
     steps = [f"batch {s.batch_size}", f"{s.precision}", form]

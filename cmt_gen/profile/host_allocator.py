@@ -38,6 +38,8 @@ _GLIBC_MMAP_MAX = 65536
 _SETTLED_MMAP_THRESHOLD = 32 << 20
 _SETTLED_TRIM_THRESHOLD = 64 << 20
 _KEEP_TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int
+# The same policy for a process cmt-gen does not run: glibc reads these tunables at start-up.
+RETAIN_ENVIRONMENT = f"MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_={_KEEP_TRIM_THRESHOLD}"
 
 _state = {"current": "system"}
 

@@ -262,13 +262,18 @@ def prime_process(settings: ProfileSettings) -> list[str]:
     return []
 
 
-def failed_result(target: ModelTarget, settings: ProfileSettings, exc: BaseException) -> ProfileResult:
+def failure_text(exc: BaseException) -> str:
+    """One line for a failed run: the exception's type and the first line of its message."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def failed_result(target: ModelTarget, settings: ProfileSettings, exc: BaseException) -> ProfileResult:
     return ProfileResult(
         name=target.name, kind=target.kind, spec_hash=target.content_hash, source=target.source,
         resolution=target.resolution, settings=settings.as_dict(), params=target.params,
         macs_per_image=target.macs, macs_source=target.macs_source, paper_throughput=target.paper_throughput,
-        error=f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+        error=failure_text(exc),
     )
 
 
