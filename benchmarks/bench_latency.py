@@ -263,7 +263,7 @@ def plain_script_seconds(rows: list, cal, out: Path, threads: int, quick: bool =
            "--device", cal.settings.device,
            "--batch-size", str(cal.settings.batch_size), "--form", cal.settings.form, "--reference", "cmt_ti"]
     if quick:
-        cmd += ["--warmup", "1", "--min-calls", "1", "--min-time", "0"]
+        cmd += ["--warmup", "1", "--min-calls", "1", "--min-time", "0", "--repeats", "1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(f"plain script failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
@@ -320,7 +320,7 @@ def calibrate_in_child(args: argparse.Namespace, path: Path):
         return None
     cal = load_calibration(path)
     print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} parts and "
-          f"{len(cal.references)} networks; drift reference "
+          f"{len(cal.references)} networks; channels in blocks of {cal.channel_block}; drift reference "
           f"{min(d.seconds for d in cal.drift) * 1000:.0f}-{max(d.seconds for d in cal.drift) * 1000:.0f} ms; "
           "fit median/worst error on isolated parts "
           + ", ".join(f"{k} {m.median_error:.1%}/{m.worst_error:.1%}" for k, m in cal.parts.items()), flush=True)
@@ -485,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"quick": quick, "threads": args.threads, "device": cal.settings.device, "machine": cal.machine,
               "batch_size": cal.settings.batch_size, "calibration_seconds": cal.seconds,
               "calibration_fit": {k: {"median": m.median_error, "worst": m.worst_error} for k, m in cal.parts.items()},
-              "network_factor": cal.network_factor, "drift_reference_ms": [d.seconds * 1000 for d in cal.drift],
+              "network_factor": cal.network_factor, "channel_block": cal.channel_block,
+              "drift_reference_ms": [d.seconds * 1000 for d in cal.drift],
               "space": {"bases": list(bases), "bands": band_names, "resolution": "multiples of 32 legal for the spec",
                         "max_macs": max_macs, "ranges_from": args.ranges, "ranges": ranges, "seed": args.seed,
                         "cells": cells},

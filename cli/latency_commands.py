@@ -55,6 +55,9 @@ def calibrate(
     max_drift: float = typer.Option(None, "--max-drift", help="Refuse the run if the machine's speed moves more "
                                                               "than this fraction while calibrating (default "
                                                               "0.15)."),
+    channel_block: int = typer.Option(None, "--channel-block", help="Channels the device's kernels work on at "
+                                                                    "once (default: from the CPU's vector width, "
+                                                                    "16 on AVX-512, 8 on AVX2; 1 elsewhere)."),
     output: Path = typer.Option(..., "--output", "-o", help="Calibration file to write (JSON, atomically)."),
 ) -> None:
     """Time CMT's building blocks and whole networks on a device and fit a latency model (about 3 minutes on a
@@ -66,7 +69,8 @@ def calibrate(
     with StepReport("calibrating") as progress:
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
                                       form=form, allocator=allocator, blocks_per_stage=blocks, min_time=min_time,
-                                      networks=networks, max_drift=max_drift, progress=progress)
+                                      networks=networks, max_drift=max_drift, channel_block=channel_block,
+                                      progress=progress)
     save_calibration(calibration, output)
     s = calibration.settings
     table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "
@@ -85,6 +89,9 @@ def calibrate(
     if ratios:
         console.print(f"network factor {calibration.network_factor:.3f}: the median of whole network / its fitted "
                       f"parts over {len(ratios)} timed networks (from {ratios[0]:.3f} to {ratios[-1]:.3f})")
+    capability = calibration.environment.get("cpu_capability") if s.device_type == "cpu" else None
+    console.print(f"blocks counted with channels in whole blocks of {calibration.channel_block}"
+                  + (f" (cpu capability {literal(str(capability))})" if capability else ""))
     if calibration.drift:
         speeds = [d.seconds * 1000 for d in calibration.drift]
         console.print(f"drift reference (CMT-Ti, timed {len(speeds)} times): {min(speeds):.1f}-{max(speeds):.1f} ms "

@@ -486,6 +486,8 @@ def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
     (["--min-time", "1e12"], "min_time: must be a number of seconds from 0 to 60"),  # once ran forever
     (["--networks", "-1"], "networks: must be a whole number from 0 to 500"),
     (["--max-drift", "0"], "max_drift: must be a fraction above 0 and at most 1"),
+    (["--channel-block", "0"], "channel_block: must be a whole number from 1 to 64"),
+    (["--channel-block", "128"], "channel_block: must be a whole number from 1 to 64"),
 ])
 def test_calibrate_bad_options_exit_2(tmp_path, cli, argv, rule):
     result = cli("calibrate", *argv, "-o", tmp_path / "cal.json")

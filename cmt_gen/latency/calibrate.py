@@ -18,6 +18,9 @@ beyond timing each alone; it multiplies every prediction. With a positive
 off by default, see there why). A fixed network timed all along corrects the
 timings for the machine's drift, or refuses the run (`latency.drift`).
 
+A block's channels count in whole blocks of the device's vector width
+(`channel_block`, recorded in the file; see `PartShape.padded`).
+
 Every item is timed as the profiler times a network: the median of three
 repeats. The timers are parameters: `TorchPartTimer` measures on the device,
 and a test's fake timers make the whole pipeline checkable exactly.
@@ -78,6 +81,7 @@ DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, t
 MAX_BLOCKS_PER_STAGE = 1000
 MAX_MIN_TIME = 60.0
 MAX_NETWORKS = 500
+MAX_CHANNEL_BLOCK = 64
 
 PartTimer = Callable[[PartShape], float]
 NetworkTimer = Callable[[object], float]  # a CMTSpec -> seconds per call
@@ -129,18 +133,20 @@ def plan_parts(blocks_per_stage: int = DEFAULT_BLOCKS_PER_STAGE, seed: int = 0) 
 
 
 def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int,
-              networks: list[tuple[list, float]] | None = None, network_weight: float = NETWORK_WEIGHT) -> dict:
+              networks: list[tuple[list, float]] | None = None, network_weight: float = NETWORK_WEIGHT,
+              channel_block: int = 1) -> dict:
     """Per-kind models: one joint non-negative fit of the isolated parts and (where timed) whole networks,
-    given as (their `spec_parts`, seconds); without networks, one fit per kind on the parts alone."""
+    given as (their `spec_parts`, seconds); without networks, one fit per kind on the parts alone. Features
+    count channels in whole blocks of `channel_block` (`PartShape.features`)."""
     from cmt_gen.latency.calibration_file import PartModel
 
     for kind in PART_KINDS:
         if not any(p.kind == kind for p, _ in measured):
             raise CalibrationError(f"no {kind} was measured; cannot fit its latency", field="parts")
     if networks and network_weight > 0:
-        reports, _ = fit_joint(measured, networks, batch_size, network_weight)
+        reports, _ = fit_joint(measured, networks, batch_size, network_weight, channel_block)
     else:
-        reports = {kind: fit_robust([p.features(batch_size) for p, _ in measured if p.kind == kind],
+        reports = {kind: fit_robust([p.features(batch_size, channel_block) for p, _ in measured if p.kind == kind],
                                     [s for p, s in measured if p.kind == kind]) for kind in PART_KINDS}
     return {kind: PartModel(features=list(FEATURES[kind]), coefficients=list(r.coefficients), samples=r.samples,
                             median_error=r.median_error, worst_error=r.worst_error, outliers=r.outliers)
@@ -151,7 +157,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
               threads: int | None = None, form: str = "deploy", allocator: str = "auto",
               blocks_per_stage: int | None = None, min_time: float | None = None, repeats: int = 3,
               networks: int | None = None, network_weight: float = NETWORK_WEIGHT, max_drift: float | None = None,
-              seed: int = 0, timer: PartTimer | None = None,
+              channel_block: int | None = None, seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks and whole networks on the device, fit, return the calibration.
 
@@ -161,8 +167,11 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     (the reference networks, the `networks` drawn ones and the drift reference);
     tests pass synthetic ones. A `timer` without a `network_timer` times no
     network: the fit is on parts alone and the network factor stays 1.
+    `channel_block` (default: the device's, `measure.device_channel_block`)
+    is how many channels its kernels work on at once; features count
+    channels in whole blocks of it.
     """
-    from cmt_gen.latency.measure import TorchPartTimer
+    from cmt_gen.latency.measure import TorchPartTimer, device_channel_block
     from cmt_gen.profile.bench import run_environment
     from cmt_gen.profile.settings import resolve_settings
 
@@ -181,10 +190,16 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     if not (math.isfinite(min_time) and 0 <= min_time <= MAX_MIN_TIME):
         raise CalibrationError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}",
                                field="min_time")
+    if channel_block is not None and (isinstance(channel_block, bool) or not isinstance(channel_block, int)
+                                      or not 1 <= channel_block <= MAX_CHANNEL_BLOCK):
+        raise CalibrationError(f"must be a whole number from 1 to {MAX_CHANNEL_BLOCK}, got {channel_block!r}",
+                               field="channel_block")
     if not (math.isfinite(max_drift) and 0 < max_drift <= 1):
         raise CalibrationError(f"must be a fraction above 0 and at most 1, got {max_drift}", field="max_drift")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
                                 allocator=allocator)
+    if channel_block is None:
+        channel_block, _ = device_channel_block(settings.device_type)
     started = time.perf_counter()
     with run_environment(settings):
         from cmt_gen.profile.env import fingerprint
@@ -202,12 +217,14 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
                   if not isinstance(item, PartShape)]
         if progress:
             progress(timed.total - 1, timed.total, "fitting")
-        models = fit_parts(parts, settings.batch_size, [(spec_parts(n.spec), s) for n, s in wholes], network_weight)
+        models = fit_parts(parts, settings.batch_size, [(spec_parts(n.spec), s) for n, s in wholes], network_weight,
+                           channel_block)
         if progress:
             progress(timed.total, timed.total, "done")
     coefficients = {kind: m.coefficients for kind, m in models.items()}
     references = [{"name": n.name, "resolution": n.spec.resolution, "measured_seconds": s,
-                   "parts_seconds": network_predictions(coefficients, spec_parts(n.spec), settings.batch_size)}
+                   "parts_seconds": network_predictions(coefficients, spec_parts(n.spec), settings.batch_size,
+                                                        channel_block)}
                   for n, s in wholes]
     ratios = sorted(r["measured_seconds"] / r["parts_seconds"] for r in references)
     factor = statistics.median(ratios) if ratios else 1.0
@@ -218,7 +235,8 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
                   "allocator": settings.allocator},
         machine=environment.get("device_name") or environment.get("cpu") or "unknown",
         torch_version=installed_torch_version() or environment.get("torch", "unknown"),
-        environment=environment, parts=models, network_factor=factor, references=references,
+        environment=environment, parts=models, channel_block=channel_block, network_factor=factor,
+        references=references,
         measurements=[{"kind": p.kind, "shape": _shape_dict(p), "seconds": s} for p, s in parts],
         drift=drift, seconds=time.perf_counter() - started,
     )

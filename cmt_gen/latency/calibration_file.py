@@ -123,6 +123,8 @@ class Calibration(_Strict):
     torch_version: str
     environment: dict[str, Any] = Field(default_factory=dict)
     parts: dict[str, PartModel]
+    channel_block: int = Field(1, ge=1, le=64, description="Channels the device's kernels work on at once: "
+                               "features count channels in whole blocks of it (files from before it: 1).")
     network_factor: float = Field(1.0, ge=0.01, le=100,
                                   description="Median whole network / its fitted parts over the timed networks.")
     references: list[ReferenceTiming] = Field(default_factory=list)

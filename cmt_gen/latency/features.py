@@ -11,7 +11,7 @@ Torch-free: the design search evaluates thousands of these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cmt_gen.cost.analytic import Cx, conv2d, kv_reduction_cost, linear
 
@@ -42,10 +42,26 @@ class PartShape:
     reduction_kind: str = "dwconv_bn"
     lpu: bool = True
 
-    def features(self, batch: int = 1) -> tuple[float, ...]:
-        """The kind's feature vector for a batch: per-call overhead once, every count times `batch`."""
-        counts, _ = _COUNTERS[self.kind](self)
+    def features(self, batch: int = 1, channel_block: int = 1) -> tuple[float, ...]:
+        """The kind's feature vector for a batch: per-call overhead once, every count times `batch`.
+
+        `channel_block`: the device's kernels work on channels in blocks of this many (a calibration's
+        `channel_block`), so a block's counts are those of its shape padded to whole blocks (`padded`).
+        """
+        counts, _ = _COUNTERS[self.kind](self.padded(channel_block))
         return (1.0, *(batch * float(v) for v in counts))
+
+    def padded(self, channel_block: int) -> PartShape:
+        """A block's shape with its channels and hidden width rounded up to whole blocks of `channel_block`.
+
+        oneDNN lays a CPU tensor's channels out in blocks of its vector width (16 fp32 on AVX-512, 8 on
+        AVX2), so a CMT block of 40 channels or an IRFFN 210 wide runs the work of 48 or 224. Only blocks:
+        stems, patch aggregations and heads fitted worse counted that way (`benchmarks/NOTES.md`).
+        """
+        if channel_block <= 1 or self.kind != "block":
+            return self
+        return replace(self, c_in=round_up(self.c_in, channel_block), c_out=round_up(self.c_out, channel_block),
+                       hidden=round_up(self.hidden, channel_block))
 
     def macs(self) -> int:
         """Multiply-accumulates of one image through this part, as `analytic_cost` counts them."""
@@ -56,6 +72,11 @@ class PartShape:
         if self.kind == "block":
             return (f"block {side} C={self.c_out} heads={self.heads} k={self.reduction} hidden={self.hidden}")
         return f"{self.kind} {side} {self.c_in}->{self.c_out}"
+
+
+def round_up(channels: int, block: int) -> int:
+    """`channels` rounded up to a whole number of `block`s."""
+    return -(-channels // block) * block
 
 
 Counts = tuple[tuple[int, ...], int]  # (features after `calls`, exact MACs)

@@ -41,19 +41,19 @@ OFFSETS = _offsets()  # where each kind's columns start in a row over every kind
 COLUMNS = sum(len(f) for f in FEATURES.values())
 
 
-def part_row(part: PartShape, batch: int) -> list[float]:
+def part_row(part: PartShape, batch: int, channel_block: int = 1) -> list[float]:
     """A part's features placed in its kind's columns, zeros elsewhere."""
     row = [0.0] * COLUMNS
-    for j, value in enumerate(part.features(batch)):
+    for j, value in enumerate(part.features(batch, channel_block)):
         row[OFFSETS[part.kind] + j] = value
     return row
 
 
-def network_row(parts: Sequence[tuple[PartShape, int]], batch: int) -> list[float]:
+def network_row(parts: Sequence[tuple[PartShape, int]], batch: int, channel_block: int = 1) -> list[float]:
     """A network's features: every part's row times how often it runs, summed."""
     total = [0.0] * COLUMNS
     for part, calls in parts:
-        for j, value in enumerate(part_row(part, batch)):
+        for j, value in enumerate(part_row(part, batch, channel_block)):
             total[j] += calls * value
     return total
 
@@ -62,11 +62,11 @@ Network = Sequence[tuple[PartShape, int]]  # a network's `spec_parts`
 
 
 def fit_joint(parts: Sequence[tuple[PartShape, float]], networks: Sequence[tuple[Network, float]], batch: int,
-              network_weight: float = NETWORK_WEIGHT) -> tuple[dict[str, FitReport], int]:
+              network_weight: float = NETWORK_WEIGHT, channel_block: int = 1) -> tuple[dict[str, FitReport], int]:
     """Coefficients per kind from isolated parts and whole networks; returns the per-kind reports (errors
     over that kind's isolated parts) and how many timings were left out as disturbed."""
-    rows: list[Row] = [(part_row(p, batch), s, 1.0) for p, s in parts]
-    rows += [(network_row(n, batch), s, network_weight) for n, s in networks]
+    rows: list[Row] = [(part_row(p, batch, channel_block), s, 1.0) for p, s in parts]
+    rows += [(network_row(n, batch, channel_block), s, network_weight) for n, s in networks]
     x = _solve(rows)
     errors = [abs(predict(x, r) / t - 1) for r, t, _ in rows]
     limit = max(OUTLIER_FACTOR * statistics.median(errors), OUTLIER_FLOOR)
@@ -77,7 +77,7 @@ def fit_joint(parts: Sequence[tuple[PartShape, float]], networks: Sequence[tuple
     reports = {}
     for kind in PART_KINDS:
         coefficients = tuple(x[OFFSETS[kind]: OFFSETS[kind] + len(FEATURES[kind])])
-        own = [(p.features(batch), s) for p, s in parts if p.kind == kind]
+        own = [(p.features(batch, channel_block), s) for p, s in parts if p.kind == kind]
         kind_errors = [abs(predict(coefficients, f) / s - 1) for f, s in own] or [0.0]
         left_out = sum(1 for i in drop if i < len(parts) and parts[i][0].kind == kind)
         reports[kind] = FitReport(coefficients, len(own), statistics.median(kind_errors), max(kind_errors), left_out)
@@ -94,6 +94,6 @@ def _solve(rows: Sequence[Row]) -> list[float]:
 
 
 def network_predictions(coefficients: Mapping[str, Sequence[float]], parts: Sequence[tuple[PartShape, int]],
-                        batch: int) -> float:
+                        batch: int, channel_block: int = 1) -> float:
     """Seconds of one network call from per-kind coefficients (no network factor)."""
-    return sum(calls * predict(coefficients[p.kind], p.features(batch)) for p, calls in parts)
+    return sum(calls * predict(coefficients[p.kind], p.features(batch, channel_block)) for p, calls in parts)

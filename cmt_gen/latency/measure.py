@@ -144,3 +144,35 @@ def build_part(part: PartShape, options: CalibratedBlockOptions, batch: int):
     has_stage_bias = options.position_bias.value in ("stage", "table")  # a table's lookup is a bias of this shape
     bias = torch.randn(part.heads, h * w, (h // k) * (w // k)) if has_stage_bias else None
     return block, [torch.randn(batch, h * w, part.c_out), h, w, bias]
+
+
+# torch's CPU capability (what its kernels dispatch to) -> the channel block of oneDNN's layouts there:
+# the fp32 lanes of one vector register. Checked in that order ("AVX512" before "AVX2").
+CHANNEL_BLOCKS = (("AVX512", 16), ("SVE512", 16), ("AVX2", 8), ("SVE256", 8))
+
+
+def channel_block_of(capability: str) -> int:
+    """The channel block for a CPU capability string as torch names it; 1 (channels as counted) for one not
+    known to block, such as DEFAULT or NO AVX."""
+    name = capability.upper()
+    return next((block for prefix, block in CHANNEL_BLOCKS if name.startswith(prefix)), 1)
+
+
+def device_channel_block(device_type: str) -> tuple[int, str]:
+    """The channel block of the device's kernels and where it came from (shown by `calibrate`).
+
+    CPU: from torch's CPU capability (`torch.backends.cpu.get_cpu_capability`, probed: a torch without it
+    gives 1). Other devices: 1, as no blocking was measured there.
+    """
+    if device_type != "cpu":
+        return 1, f"{device_type}: channels as counted"
+    import torch
+
+    probe = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    try:
+        capability = str(probe()) if probe is not None else ""
+    except Exception:  # noqa: BLE001 - a probe that fails on some build is the same as no probe
+        capability = ""
+    if not capability:
+        return 1, "cpu capability unknown to this torch: channels as counted"
+    return channel_block_of(capability), f"cpu capability {capability}"

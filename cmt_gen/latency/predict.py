@@ -42,7 +42,8 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
     """Seconds one call of a building block takes inside a network, at the calibration's batch:
     its fitted time alone, times the calibration's network factor."""
     model = calibration.parts[part.kind]
-    return calibration.network_factor * predict(model.coefficients, part.features(calibration.settings.batch_size))
+    features = part.features(calibration.settings.batch_size, calibration.channel_block)
+    return calibration.network_factor * predict(model.coefficients, features)
 
 
 def run_settings(calibration: Calibration) -> dict:
