@@ -1,9 +1,6 @@
-"""Blocks counted with channels in whole blocks of the device's vector width (`PartShape.padded`).
-
-On the 2-vCPU AVX-512 EPYC, counting a block's channels and IRFFN width padded to 16 took the benchmark's
-60 unseen specs from 80% / 78% to 85% / 87% within +-5% of cmt-gen's measurement at the machine's speed,
-on two runs' timings (`benchmarks/NOTES.md`); these tests pin the counts, the probe and the file.
-"""
+"""Blocks counted with channels in whole blocks of the device's vector width (`PartShape.padded`; why, with
+the measurements: `benchmarks/NOTES.md`): the padded counts, the CPU probe and its fallbacks, the field in
+the calibration file, and exact recovery of a device that pads."""
 
 from __future__ import annotations
 
