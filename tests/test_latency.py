@@ -404,6 +404,34 @@ def test_blocks_are_timed_in_the_image_chunks_their_stage_runs(monkeypatch, form
     assert seen and set(seen) == {chunk}
 
 
+@pytest.mark.parametrize("form, channels_last", [("deploy", True), ("as-built", False)])
+def test_patches_and_heads_are_timed_on_the_networks_layout(monkeypatch, form, channels_last):
+    """In the deploy network a patch aggregation and the head get channels-last maps (the stem's output, a
+    stage's tokens viewed as a map); timed alone they get the same, so no copy is timed that the network
+    never makes."""
+    import torch
+
+    from cmt_gen.latency import measure
+    from cmt_gen.profile.settings import resolve_settings
+
+    seen: list[bool] = []
+    real = measure.build_part
+
+    def recording(part, options, batch):
+        module, inputs = real(part, options, batch)
+        module.register_forward_pre_hook(
+            lambda mod, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                          and not args[0].is_contiguous()))
+        return module, inputs
+
+    monkeypatch.setattr(measure, "build_part", recording)
+    settings = resolve_settings(device="cpu", batch_size=2, threads=1, form=form)
+    timer = measure.TorchPartTimer(settings, CalibratedBlockOptions(), min_time=0.0, repeats=1, warmup=0, form=form)
+    assert timer(PartShape("patch", 16, 16, 8, 16)) > 0
+    assert timer(PartShape("head", 4, 4, 32, 64, classes=10)) > 0
+    assert seen and set(seen) == {channels_last}
+
+
 def test_benchmark_draws_every_base_and_band_within_the_mac_cap(monkeypatch):
     """`bench_latency.draw_specs`: `sample_specs` per (base, band) cell, legal sizes, under the cap, seeded."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
