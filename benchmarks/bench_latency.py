@@ -343,9 +343,11 @@ def goal_report(overall: dict, plain: Sequence[float | None], cal, reused: bool,
         "within_5_at_speed": (adjusted, GOAL_WITHIN_5, 0.05, "cmt-gen's measurement"),
         "plain_within_10_at_speed": (plain_adjusted, GOAL_PLAIN_WITHIN_10, 0.10, "a plain timing script"),
     }
-    extra = {name: {"goal": f">= {goal:.0%} within +-{limit:.0%} of {what}, at the machine's speed then",
-                    "value": share_within(errors, limit), "met": (share_within(errors, limit) or 0) >= goal}
-             for name, (errors, goal, limit, what) in at_speed.items()}
+    extra = {}
+    for name, (errors, goal, limit, what) in at_speed.items():
+        share = share_within(errors, limit)
+        extra[name] = {"goal": f">= {goal:.0%} within +-{limit:.0%} of {what}, at the machine's speed then",
+                       "value": share, "met": (share or 0) >= goal}
     design_errors = [d.get("error_vs_target") for d in design]
     design_ok = [e for e in design_errors if e is not None and abs(e) <= GOAL_DESIGN_ERROR]
     design_at_speed = [d.get("drift_adjusted_error_vs_target") for d in design]

@@ -44,7 +44,7 @@ from cmt_gen.latency.calibration_file import (
     CalibrationError,
     installed_torch_version,
 )
-from cmt_gen.latency.drift import DRIFT_EVERY, DRIFT_REFERENCE, TimedPlan, correct_drift
+from cmt_gen.latency.drift import DRIFT_EVERY, DRIFT_REFERENCE, TimedPlan, correct_drift, reference_spec
 from cmt_gen.latency.features import FEATURES, PART_KINDS, PartShape, spec_parts
 from cmt_gen.latency.fit import fit_robust
 from cmt_gen.latency.joint_fit import NETWORK_WEIGHT, fit_joint, network_predictions
@@ -181,19 +181,13 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     min_time = DEFAULT_MIN_TIME if min_time is None else min_time
     networks = DEFAULT_NETWORKS if networks is None else networks
     max_drift = drift_rules.MAX_DRIFT if max_drift is None else max_drift
-    if (isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int)
-            or not 3 <= blocks_per_stage <= MAX_BLOCKS_PER_STAGE):
-        raise CalibrationError(f"must be a whole number from 3 to {MAX_BLOCKS_PER_STAGE}, got {blocks_per_stage!r}",
-                               field="blocks")
-    if isinstance(networks, bool) or not isinstance(networks, int) or not 0 <= networks <= MAX_NETWORKS:
-        raise CalibrationError(f"must be a whole number from 0 to {MAX_NETWORKS}, got {networks!r}", field="networks")
+    _check_whole(blocks_per_stage, 3, MAX_BLOCKS_PER_STAGE, "blocks")
+    _check_whole(networks, 0, MAX_NETWORKS, "networks")
     if not (math.isfinite(min_time) and 0 <= min_time <= MAX_MIN_TIME):
         raise CalibrationError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}",
                                field="min_time")
-    if channel_block is not None and (isinstance(channel_block, bool) or not isinstance(channel_block, int)
-                                      or not 1 <= channel_block <= MAX_CHANNEL_BLOCK):
-        raise CalibrationError(f"must be a whole number from 1 to {MAX_CHANNEL_BLOCK}, got {channel_block!r}",
-                               field="channel_block")
+    if channel_block is not None:
+        _check_whole(channel_block, 1, MAX_CHANNEL_BLOCK, "channel_block")
     if not (math.isfinite(max_drift) and 0 < max_drift <= 1):
         raise CalibrationError(f"must be a fraction above 0 and at most 1, got {max_drift}", field="max_drift")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
@@ -266,11 +260,9 @@ def _time_plan(plan: list, measure: PartTimer, whole: NetworkTimer | None, seed:
                progress: Progress | None) -> TimedPlan:
     """Time every item in a shuffled order (a burst of other load spreads over every kind and size), with
     the drift reference timed first, every `DRIFT_EVERY` items and last."""
-    from cmt_gen.spec.loading import load_spec
-
     items = [i for i, item in enumerate(plan) if whole is not None or isinstance(item, PartShape)]
     random.Random(seed + 1).shuffle(items)
-    drift_spec = load_spec(DRIFT_REFERENCE[0], DRIFT_REFERENCE[1] or None)
+    drift_spec = reference_spec()
     checks = 0 if whole is None else -(-len(items) // DRIFT_EVERY) + 1  # every DRIFT_EVERY items, and last
     total = len(items) + checks + 1  # known before the first step; the last step is the fit
     timed = TimedPlan(seconds=[0.0] * len(plan), total=total)
@@ -294,6 +286,12 @@ def _time_plan(plan: list, measure: PartTimer, whole: NetworkTimer | None, seed:
             progress(step, total, f"drift reference {DRIFT_REFERENCE[0]}")
         timed.reference.append((len(items), _checked(whole(drift_spec), "the drift reference")))
     return timed
+
+
+def _check_whole(value, low: int, high: int, field: str) -> None:
+    """Refuse anything but a whole number (not a bool) from `low` to `high`, naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise CalibrationError(f"must be a whole number from {low} to {high}, got {value!r}", field=field)
 
 
 def _checked(seconds: float, what: str) -> float:

@@ -24,6 +24,13 @@ DRIFT_EVERY = 12
 MAX_DRIFT = 0.15
 
 
+def reference_spec():
+    """The drift reference as a spec (a CMTSpec), for the calibration and for `predict --measure` alike."""
+    from cmt_gen.spec.loading import load_spec
+
+    return load_spec(DRIFT_REFERENCE[0], DRIFT_REFERENCE[1] or None)
+
+
 @dataclass
 class TimedPlan:
     """Seconds per plan item, the order each was timed in, and the drift reference's timings."""

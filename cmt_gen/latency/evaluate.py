@@ -85,20 +85,17 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
     profiler's median images/s. With torch loaded the device itself can be identified (a GPU's name), so
     the calibration is checked against it once more; returns the warnings if forced.
     """
-    if anchor and calibration.reference_seconds:
-        from cmt_gen.latency.calibration_file import check_compatible
+    from cmt_gen.latency.calibration_file import check_compatible
 
+    if anchor and calibration.reference_seconds:
         warnings = check_compatible(calibration, source=source, force=force)
         _measure_anchored(rows, calibration, min_time, progress)
         return warnings
-    from cmt_gen.latency.calibration_file import check_compatible
     from cmt_gen.profile.runner import run_profiles
-    from cmt_gen.profile.settings import resolve_settings
     from cmt_gen.profile.targets import target_from_spec
 
     s = calibration.settings
-    settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
-                                form=s.form, allocator=s.allocator, min_time=min_time, repeats=repeats)
+    settings = _calibrated_settings(calibration, min_time=min_time, repeats=repeats)
     warnings = check_compatible(calibration, source=source, force=force)
     run = run_profiles([target_from_spec(r.spec) for r in rows], settings, progress=progress, measure_peak=False)
     for row, result in zip(rows, run.results, strict=False):
@@ -109,6 +106,15 @@ def measure_rows(rows: Sequence[PredictionRow], calibration: Calibration, *, min
     return warnings
 
 
+def _calibrated_settings(calibration: Calibration, **timing):
+    """The profile settings a calibration was made under (device, precision, batch, threads, form, allocator)."""
+    from cmt_gen.profile.settings import resolve_settings
+
+    s = calibration.settings
+    return resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
+                            form=s.form, allocator=s.allocator, **timing)
+
+
 ANCHORED_MIN_TIME = 0.15  # seconds per timed round of the reference (the spec's rounds last twice as long)
 
 
@@ -116,17 +122,14 @@ def _measure_anchored(rows: Sequence[PredictionRow], calibration: Calibration, m
                       progress: Callable[[int, str], None] | None) -> None:
     """Each row's spec timed in turn with the drift reference, under the calibration's settings."""
     from cmt_gen.latency.calibration_file import CalibratedBlockOptions
-    from cmt_gen.latency.drift import DRIFT_REFERENCE
+    from cmt_gen.latency.drift import DRIFT_REFERENCE, reference_spec
     from cmt_gen.latency.measure import TorchPartTimer
     from cmt_gen.profile.bench import run_environment
     from cmt_gen.profile.runner import failure_text
-    from cmt_gen.profile.settings import resolve_settings
-    from cmt_gen.spec.loading import load_spec
 
     s = calibration.settings
-    settings = resolve_settings(device=s.device, precision=s.precision, batch_size=s.batch_size, threads=s.threads,
-                                form=s.form, allocator=s.allocator)
-    reference = load_spec(DRIFT_REFERENCE[0], DRIFT_REFERENCE[1] or None)
+    settings = _calibrated_settings(calibration)
+    reference = reference_spec()
     with run_environment(settings):
         timer = TorchPartTimer(settings, CalibratedBlockOptions(), form=s.form,
                                min_time=ANCHORED_MIN_TIME if min_time is None else min_time)
