@@ -320,7 +320,8 @@ def calibrate_in_child(args: argparse.Namespace, path: Path):
         return None
     cal = load_calibration(path)
     print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} parts and "
-          f"{len(cal.references)} networks; channels in blocks of {cal.channel_block}; drift reference "
+          f"{len(cal.references)} networks; {'/'.join(cal.padded_kinds)} channels in blocks of {cal.channel_block}; "
+          f"drift reference "
           f"{min(d.seconds for d in cal.drift) * 1000:.0f}-{max(d.seconds for d in cal.drift) * 1000:.0f} ms; "
           "fit median/worst error on isolated parts "
           + ", ".join(f"{k} {m.median_error:.1%}/{m.worst_error:.1%}" for k, m in cal.parts.items()), flush=True)
@@ -488,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
               "batch_size": cal.settings.batch_size, "calibration_seconds": cal.seconds,
               "calibration_fit": {k: {"median": m.median_error, "worst": m.worst_error} for k, m in cal.parts.items()},
               "network_factor": cal.network_factor, "channel_block": cal.channel_block,
+              "padded_kinds": list(cal.padded_kinds),
               "drift_reference_ms": [d.seconds * 1000 for d in cal.drift],
               "space": {"bases": list(bases), "bands": band_names, "resolution": "multiples of 32 legal for the spec",
                         "max_macs": max_macs, "ranges_from": args.ranges, "ranges": ranges, "seed": args.seed,

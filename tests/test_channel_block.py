@@ -1,4 +1,4 @@
-"""Blocks counted with channels in whole blocks of the device's vector width (`PartShape.padded`; why, with
+"""Blocks and stems counted with channels in whole blocks of the device's vector width (`PartShape.padded`; why, with
 the measurements: `benchmarks/NOTES.md`): the padded counts, the CPU probe and its fallbacks, the field in
 the calibration file, and exact recovery of a device that pads."""
 
@@ -29,9 +29,15 @@ def test_a_block_costs_what_its_padded_shape_costs():
     assert [round_up(c, 16) for c in (1, 16, 17, 210)] == [16, 16, 32, 224]
 
 
-@pytest.mark.parametrize("kind, shape", [("stem", (224, 224, 3, 20)), ("patch", (56, 56, 20, 40)),
-                                         ("head", (7, 7, 330, 1280))])
-def test_stems_patches_and_heads_are_counted_as_written(kind, shape):
+def test_a_stem_pads_its_width_but_not_the_images_channels():
+    stem = PartShape("stem", 224, 224, 3, 40)
+    assert stem.padded(16) == PartShape("stem", 224, 224, 3, 48)
+    assert stem.features(BATCH, 16) == PartShape("stem", 224, 224, 3, 48).features(BATCH) != stem.features(BATCH)
+    assert stem.features(BATCH, 16, padded_kinds=("block",)) == stem.features(BATCH)  # a file from before
+
+
+@pytest.mark.parametrize("kind, shape", [("patch", (56, 56, 20, 40)), ("head", (7, 7, 330, 1280))])
+def test_patches_and_heads_are_counted_as_written(kind, shape):
     part = PartShape(kind, *shape, classes=1000 if kind == "head" else 0)
     assert part.padded(16) is part and part.features(BATCH, 16) == part.features(BATCH)
 
@@ -69,12 +75,14 @@ def test_calibration_recovers_a_padded_device_exactly_and_predicts_with_it():
     assert cal.channel_block == 16
     for kind, truth in TRUE.items():
         assert cal.parts[kind].coefficients == pytest.approx(truth, rel=1e-6, abs=1e-18), kind
-    spec = load_spec("cmt_xs", ["stages.0.channels=40", "stages.1.channels=88", *(f"stages.{i}.expansion=3.3"
-                                                                                  for i in range(4))])
+    spec = load_spec("cmt_xs", ["stem.channels=24", "stages.0.channels=40", "stages.1.channels=88",
+                                *(f"stages.{i}.expansion=3.3" for i in range(4))])
     truth = sum(n * padded_timer(p) for p, n in spec_parts(spec))
     assert predict_latency(spec, cal).seconds == pytest.approx(truth, rel=1e-9)
     as_counted = Calibration(**{**cal.model_dump(), "channel_block": 1})
     assert predict_latency(spec, as_counted).seconds < truth
+    blocks_only = Calibration(**{**cal.model_dump(), "padded_kinds": ("block",)})  # as files from before stems
+    assert predict_latency(spec, as_counted).seconds < predict_latency(spec, blocks_only).seconds < truth
 
 
 def test_calibrate_takes_the_devices_block_unless_given(monkeypatch):
@@ -98,3 +106,15 @@ def test_files_from_before_the_channel_block_read_as_channels_as_counted():
     assert calibration_from_dict(data).channel_block == 1
     with pytest.raises(CalibrationError, match="channel_block"):
         calibration_from_dict({**data, "channel_block": 0})
+
+
+def test_files_from_before_stems_padded_pad_blocks_only():
+    made = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, channel_block=16,
+                     timer=lambda part: sum(c * f for c, f in zip(TRUE[part.kind], part.features(BATCH),
+                                                                   strict=True)))
+    data = made.model_dump(mode="json")
+    assert calibration_from_dict(data).padded_kinds == ("block", "stem")
+    data.pop("padded_kinds")
+    assert calibration_from_dict(data).padded_kinds == ("block",)
+    with pytest.raises(CalibrationError, match="padded_kinds must name parts among stem, patch, block, head"):
+        calibration_from_dict({**data, "padded_kinds": ["block", "neck"]})

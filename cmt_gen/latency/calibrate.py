@@ -18,8 +18,9 @@ beyond timing each alone; it multiplies every prediction. With a positive
 off by default, see there why). A fixed network timed all along corrects the
 timings for the machine's drift, or refuses the run (`latency.drift`).
 
-A block's channels count in whole blocks of the device's vector width
-(`channel_block`, recorded in the file; see `PartShape.padded`).
+Blocks' and stems' channels count in whole blocks of the device's vector
+width (`channel_block` and `padded_kinds`, recorded in the file; see
+`PartShape.padded`).
 
 Every item is timed as the profiler times a network: the median of three
 repeats. The timers are parameters: `TorchPartTimer` measures on the device,
@@ -45,7 +46,7 @@ from cmt_gen.latency.calibration_file import (
     installed_torch_version,
 )
 from cmt_gen.latency.drift import DRIFT_EVERY, DRIFT_REFERENCE, TimedPlan, correct_drift, reference_spec
-from cmt_gen.latency.features import FEATURES, PART_KINDS, PartShape, spec_parts
+from cmt_gen.latency.features import FEATURES, PADDED_KINDS, PART_KINDS, PartShape, spec_parts
 from cmt_gen.latency.fit import fit_robust
 from cmt_gen.latency.joint_fit import NETWORK_WEIGHT, fit_joint, network_predictions
 from cmt_gen.latency.networks import DEFAULT_NETWORKS, draw_networks
@@ -229,7 +230,8 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
                   "allocator": settings.allocator},
         machine=environment.get("device_name") or environment.get("cpu") or "unknown",
         torch_version=installed_torch_version() or environment.get("torch", "unknown"),
-        environment=environment, parts=models, channel_block=channel_block, network_factor=factor,
+        environment=environment, parts=models, channel_block=channel_block, padded_kinds=PADDED_KINDS,
+        network_factor=factor,
         references=references,
         measurements=[{"kind": p.kind, "shape": _shape_dict(p), "seconds": s} for p, s in parts],
         drift=drift, seconds=time.perf_counter() - started,

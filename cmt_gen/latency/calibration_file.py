@@ -125,6 +125,8 @@ class Calibration(_Strict):
     parts: dict[str, PartModel]
     channel_block: int = Field(1, ge=1, le=64, description="Channels the device's kernels work on at once: "
                                "features count channels in whole blocks of it (files from before it: 1).")
+    padded_kinds: tuple[str, ...] = Field(("block",), description="The parts whose channels count in whole "
+                                          "channel blocks (files from before stems were: blocks only).")
     network_factor: float = Field(1.0, ge=0.01, le=100,
                                   description="Median whole network / its fitted parts over the timed networks.")
     references: list[ReferenceTiming] = Field(default_factory=list)
@@ -140,6 +142,9 @@ class Calibration(_Strict):
         if missing or extra:
             raise ValueError(f"parts must be exactly {', '.join(PART_KINDS)} "
                              f"(missing: {missing or 'none'}, unknown: {extra or 'none'})")
+        unknown = [k for k in self.padded_kinds if k not in PART_KINDS]
+        if unknown:
+            raise ValueError(f"padded_kinds must name parts among {', '.join(PART_KINDS)}, got {unknown}")
         for kind, model in self.parts.items():
             if tuple(model.features) != FEATURES[kind]:
                 raise ValueError(f"parts.{kind}.features must be {list(FEATURES[kind])}, got {model.features}")

@@ -16,6 +16,9 @@ from dataclasses import dataclass, replace
 from cmt_gen.cost.analytic import Cx, conv2d, kv_reduction_cost, linear
 
 PART_KINDS = ("stem", "patch", "block", "head")
+# The kinds whose channels count in whole blocks of the device's vector width (`PartShape.padded`). A
+# calibration records the kinds it was fitted with (files from before stems padded: blocks only).
+PADDED_KINDS = ("block", "stem")
 
 FEATURES: dict[str, tuple[str, ...]] = {
     "stem": ("calls", "conv_macs", "elements"),
@@ -42,26 +45,34 @@ class PartShape:
     reduction_kind: str = "dwconv_bn"
     lpu: bool = True
 
-    def features(self, batch: int = 1, channel_block: int = 1) -> tuple[float, ...]:
+    def features(self, batch: int = 1, channel_block: int = 1,
+                 padded_kinds: tuple[str, ...] = PADDED_KINDS) -> tuple[float, ...]:
         """The kind's feature vector for a batch: per-call overhead once, every count times `batch`.
 
         `channel_block`: the device's kernels work on channels in blocks of this many (a calibration's
-        `channel_block`), so a block's counts are those of its shape padded to whole blocks (`padded`).
+        `channel_block`), so the counts of `padded_kinds` are those of their shapes padded (`padded`).
         """
-        counts, _ = _COUNTERS[self.kind](self.padded(channel_block))
+        shape = self.padded(channel_block) if self.kind in padded_kinds else self
+        counts, _ = _COUNTERS[self.kind](shape)
         return (1.0, *(batch * float(v) for v in counts))
 
     def padded(self, channel_block: int) -> PartShape:
-        """A block's shape with its channels and hidden width rounded up to whole blocks of `channel_block`.
+        """The shape as the device's kernels run it: channels rounded up to whole blocks of `channel_block`.
 
         oneDNN lays a CPU tensor's channels out in blocks of its vector width (16 fp32 on AVX-512, 8 on
-        AVX2), so a CMT block of 40 channels or an IRFFN 210 wide runs the work of 48 or 224. Only blocks:
-        stems, patch aggregations and heads fitted worse counted that way (`benchmarks/NOTES.md`).
+        AVX2), so a CMT block of 40 channels or an IRFFN 210 wide runs the work of 48 or 224. A block pads
+        its channels and hidden width; a stem its width only (the image's 3 channels enter as they are):
+        its time steps with the padded width (40 and 48 channels cost the same). Patch aggregations and
+        heads stay as written: counted padded, they fitted no better (`benchmarks/NOTES.md`).
         """
-        if channel_block <= 1 or self.kind != "block":
+        if channel_block <= 1:
             return self
-        return replace(self, c_in=round_up(self.c_in, channel_block), c_out=round_up(self.c_out, channel_block),
-                       hidden=round_up(self.hidden, channel_block))
+        if self.kind == "block":
+            return replace(self, c_in=round_up(self.c_in, channel_block), c_out=round_up(self.c_out, channel_block),
+                           hidden=round_up(self.hidden, channel_block))
+        if self.kind == "stem":
+            return replace(self, c_out=round_up(self.c_out, channel_block))
+        return self
 
     def macs(self) -> int:
         """Multiply-accumulates of one image through this part, as `analytic_cost` counts them."""

@@ -42,7 +42,7 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
     """Seconds one call of a building block takes inside a network, at the calibration's batch:
     its fitted time alone, times the calibration's network factor."""
     model = calibration.parts[part.kind]
-    features = part.features(calibration.settings.batch_size, calibration.channel_block)
+    features = part.features(calibration.settings.batch_size, calibration.channel_block, calibration.padded_kinds)
     return calibration.network_factor * predict(model.coefficients, features)
 
 
