@@ -321,8 +321,8 @@ def calibrate_in_child(args: argparse.Namespace, path: Path):
     cal = load_calibration(path)
     print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} parts and "
           f"{len(cal.references)} networks; {'/'.join(cal.padded_kinds)} channels in blocks of {cal.channel_block}; "
-          f"drift reference "
-          f"{min(d.seconds for d in cal.drift) * 1000:.0f}-{max(d.seconds for d in cal.drift) * 1000:.0f} ms; "
+          f"drift reference {min(d.seconds for d in cal.drift) * 1000:.0f}-"
+          f"{max(d.seconds for d in cal.drift) * 1000:.0f} ms; "
           "fit median/worst error on isolated parts "
           + ", ".join(f"{k} {m.median_error:.1%}/{m.worst_error:.1%}" for k, m in cal.parts.items()), flush=True)
     return cal

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_latency import BATCH, TRUE
+from test_latency import BATCH, TRUE, fake_timer
 
 from cmt_gen.latency import measure
 from cmt_gen.latency.calibrate import calibrate
@@ -87,8 +87,7 @@ def test_calibration_recovers_a_padded_device_exactly_and_predicts_with_it():
 
 def test_calibrate_takes_the_devices_block_unless_given(monkeypatch):
     monkeypatch.setattr(measure, "device_channel_block", lambda device_type: (8, "cpu capability AVX2"))
-    common = dict(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3,
-                  timer=lambda part: sum(c * f for c, f in zip(TRUE[part.kind], part.features(BATCH), strict=True)))
+    common = dict(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, timer=fake_timer)
     assert calibrate(**common).channel_block == 8
     assert calibrate(**common, channel_block=1).channel_block == 1
     for bad in (0, 65, 2.5, True):
@@ -96,11 +95,13 @@ def test_calibrate_takes_the_devices_block_unless_given(monkeypatch):
             calibrate(**common, channel_block=bad)
 
 
+def _file_of_a_block_16_calibration() -> dict:
+    made = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, channel_block=16, timer=fake_timer)
+    return made.model_dump(mode="json")
+
+
 def test_files_from_before_the_channel_block_read_as_channels_as_counted():
-    made = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, channel_block=16,
-                     timer=lambda part: sum(c * f for c, f in zip(TRUE[part.kind], part.features(BATCH),
-                                                                   strict=True)))
-    data = made.model_dump(mode="json")
+    data = _file_of_a_block_16_calibration()
     assert calibration_from_dict(data).channel_block == 16
     data.pop("channel_block")
     assert calibration_from_dict(data).channel_block == 1
@@ -109,10 +110,7 @@ def test_files_from_before_the_channel_block_read_as_channels_as_counted():
 
 
 def test_files_from_before_stems_padded_pad_blocks_only():
-    made = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, channel_block=16,
-                     timer=lambda part: sum(c * f for c, f in zip(TRUE[part.kind], part.features(BATCH),
-                                                                   strict=True)))
-    data = made.model_dump(mode="json")
+    data = _file_of_a_block_16_calibration()
     assert calibration_from_dict(data).padded_kinds == ("block", "stem")
     data.pop("padded_kinds")
     assert calibration_from_dict(data).padded_kinds == ("block",)
