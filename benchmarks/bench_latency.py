@@ -320,7 +320,8 @@ def calibrate_in_child(args: argparse.Namespace, path: Path):
         return None
     cal = load_calibration(path)
     print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} parts and "
-          f"{len(cal.references)} networks; {'/'.join(cal.padded_kinds)} channels in blocks of {cal.channel_block}; "
+          f"{len(cal.references)} networks; {'/'.join(cal.padded_kinds)} channels in blocks of {cal.channel_block} "
+          f"({cal.environment.get('channel_block_source', 'source not recorded')}); "
           f"drift reference {min(d.seconds for d in cal.drift) * 1000:.0f}-"
           f"{max(d.seconds for d in cal.drift) * 1000:.0f} ms; "
           "fit median/worst error on isolated parts "
@@ -490,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
               "calibration_fit": {k: {"median": m.median_error, "worst": m.worst_error} for k, m in cal.parts.items()},
               "network_factor": cal.network_factor, "channel_block": cal.channel_block,
               "padded_kinds": list(cal.padded_kinds),
+              "channel_block_source": cal.environment.get("channel_block_source"),
               "drift_reference_ms": [d.seconds * 1000 for d in cal.drift],
               "space": {"bases": list(bases), "bands": band_names, "resolution": "multiples of 32 legal for the spec",
                         "max_macs": max_macs, "ranges_from": args.ranges, "ranges": ranges, "seed": args.seed,

@@ -90,9 +90,9 @@ def calibrate(
         console.print(f"network factor {calibration.network_factor:.3f}: the median of whole network / its fitted "
                       f"parts over {len(ratios)} timed networks (from {ratios[0]:.3f} to {ratios[-1]:.3f})")
     capability = calibration.environment.get("cpu_capability") if s.device_type == "cpu" else None
+    source = calibration.environment.get("channel_block_source") or (capability and f"cpu capability {capability}")
     console.print(f"{' and '.join(k + 's' for k in calibration.padded_kinds)} counted with channels in whole "
-                  f"blocks of {calibration.channel_block}"
-                  + (f" (cpu capability {literal(str(capability))})" if capability else ""))
+                  f"blocks of {calibration.channel_block}" + (f" ({literal(str(source))})" if source else ""))
     if calibration.drift:
         speeds = [d.seconds * 1000 for d in calibration.drift]
         console.print(f"drift reference (CMT-Ti, timed {len(speeds)} times): {min(speeds):.1f}-{max(speeds):.1f} ms "

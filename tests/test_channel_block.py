@@ -48,20 +48,76 @@ def test_channel_block_of_each_cpu_capability(capability, block):
     assert channel_block_of(capability) == block
 
 
-def test_the_probe_reads_torchs_cpu_capability(monkeypatch):
-    block, source = REAL_PROBE("cpu")
-    probe = getattr(torch.backends.cpu, "get_cpu_capability", None)
-    if probe is not None:
-        assert block == channel_block_of(probe()) and probe() in source
+def fake_cpu(monkeypatch, *, aten: str | None, avx512: bool | None, avx2: bool | None = True) -> None:
+    """torch's probes as on some CPU and torch: None removes a probe (an older torch), as does no variable."""
+    for variable in measure.ONEDNN_ISA_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    for module, name, value in ((torch.backends.cpu, "get_cpu_capability", aten),
+                                (torch.cpu, "_is_avx512_supported", avx512), (torch.cpu, "_is_avx2_supported", avx2)):
+        if value is None:
+            monkeypatch.delattr(module, name, raising=False)
+        else:
+            monkeypatch.setattr(module, name, lambda value=value: value, raising=False)
+
+
+def test_the_probe_follows_onednns_vector_width_not_atens(monkeypatch):
+    """oneDNN lays channels out for the widest vectors the CPU has: ATEN_CPU_CAPABILITY=avx2 lowers ATen's
+    capability but not oneDNN's layouts, ONEDNN_MAX_CPU_ISA=AVX2 lowers oneDNN's (`benchmarks/NOTES.md`)."""
+    fake_cpu(monkeypatch, aten="AVX512", avx512=True)
+    assert REAL_PROBE("cpu") == (16, "cpu capability AVX512")
+    fake_cpu(monkeypatch, aten="AVX2", avx512=True)
+    assert REAL_PROBE("cpu") == (16, "cpu capability AVX2; oneDNN runs the CPU's AVX512")
+    fake_cpu(monkeypatch, aten="AVX2", avx512=False)
+    assert REAL_PROBE("cpu") == (8, "cpu capability AVX2")
+    fake_cpu(monkeypatch, aten="AVX512", avx512=None, avx2=None)  # a torch from before the CPU probes: ATen's
+    assert REAL_PROBE("cpu") == (16, "cpu capability AVX512")
+    fake_cpu(monkeypatch, aten="SVE256", avx512=False, avx2=False)  # not x86: ATen's names the vectors
+    assert REAL_PROBE("cpu") == (8, "cpu capability SVE256")
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("ONEDNN_MAX_CPU_ISA", "AVX2", (8, "cpu capability AVX512; oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA")),
+    ("DNNL_MAX_CPU_ISA", "sse41", (8, "cpu capability AVX512; oneDNN limited to sse41 by DNNL_MAX_CPU_ISA")),
+    ("ONEDNN_MAX_CPU_ISA", "avx2_vnni", (8, "cpu capability AVX512; oneDNN limited to avx2_vnni by "
+                                           "ONEDNN_MAX_CPU_ISA")),
+    ("ONEDNN_MAX_CPU_ISA", "AVX", (8, "cpu capability AVX512; oneDNN limited to AVX by ONEDNN_MAX_CPU_ISA")),
+    ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", (16, "cpu capability AVX512")),  # a cap above the CPU's
+    ("ONEDNN_MAX_CPU_ISA", "AVX10_1_512_AMX", (16, "cpu capability AVX512")),
+    ("ONEDNN_MAX_CPU_ISA", "ALL", (16, "cpu capability AVX512")),
+    ("ONEDNN_MAX_CPU_ISA", "AVX-2", (16, "cpu capability AVX512; ONEDNN_MAX_CPU_ISA=AVX-2 is not an instruction "
+                                        "set known here, so not applied")),
+])
+def test_a_cap_on_onednns_isa_lowers_the_block(monkeypatch, variable, value, expected):
+    fake_cpu(monkeypatch, aten="AVX512", avx512=True)
+    monkeypatch.setenv(variable, value)
+    assert REAL_PROBE("cpu") == expected
+
+
+def test_both_variables_an_avx2_emulation_sets(monkeypatch):
+    """`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` on an AVX-512 CPU (how `benchmarks/NOTES.md` ran
+    an AVX2-only machine's kernels): 8, and the cap named."""
+    fake_cpu(monkeypatch, aten="AVX2", avx512=True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert REAL_PROBE("cpu") == (8, "cpu capability AVX2; oneDNN limited to AVX2 by ONEDNN_MAX_CPU_ISA")
+
+
+def test_the_probe_never_fails(monkeypatch):
     assert REAL_PROBE("cuda") == (1, "cuda: channels as counted")
-    # A torch without the probe, or one whose probe fails: channels as counted, and a reason, never a crash.
-    monkeypatch.delattr(torch.backends.cpu, "get_cpu_capability", raising=False)
+    fake_cpu(monkeypatch, aten=None, avx512=None, avx2=None)  # a torch with no probe: channels as counted
     assert REAL_PROBE("cpu")[0] == 1 and "unknown" in REAL_PROBE("cpu")[1]
 
     def broken():
         raise RuntimeError("no cpuinfo here")
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", broken, raising=False)
+    for module, name in ((torch.backends.cpu, "get_cpu_capability"), (torch.cpu, "_is_avx512_supported"),
+                         (torch.cpu, "_is_avx2_supported")):
+        monkeypatch.setattr(module, name, broken, raising=False)
     assert REAL_PROBE("cpu")[0] == 1
+
+
+def test_the_probe_on_this_machine_agrees_with_torch():
+    block, source = REAL_PROBE("cpu")
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert capability in source and block in (1, 8, 16)
 
 
 def test_calibration_recovers_a_padded_device_exactly_and_predicts_with_it():
@@ -88,8 +144,10 @@ def test_calibration_recovers_a_padded_device_exactly_and_predicts_with_it():
 def test_calibrate_takes_the_devices_block_unless_given(monkeypatch):
     monkeypatch.setattr(measure, "device_channel_block", lambda device_type: (8, "cpu capability AVX2"))
     common = dict(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, timer=fake_timer)
-    assert calibrate(**common).channel_block == 8
-    assert calibrate(**common, channel_block=1).channel_block == 1
+    made = calibrate(**common)
+    assert made.channel_block == 8 and made.environment["channel_block_source"] == "cpu capability AVX2"
+    given = calibrate(**common, channel_block=1)
+    assert given.channel_block == 1 and given.environment["channel_block_source"] == "as given (--channel-block)"
     for bad in (0, 65, 2.5, True):
         with pytest.raises(CalibrationError, match="channel_block: must be a whole number from 1 to 64"):
             calibrate(**common, channel_block=bad)

@@ -193,13 +193,14 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         raise CalibrationError(f"must be a fraction above 0 and at most 1, got {max_drift}", field="max_drift")
     settings = resolve_settings(device=device, precision=precision, batch_size=batch_size, threads=threads, form=form,
                                 allocator=allocator)
+    block_source = "as given (--channel-block)"
     if channel_block is None:
-        channel_block, _ = device_channel_block(settings.device_type)
+        channel_block, block_source = device_channel_block(settings.device_type)
     started = time.perf_counter()
     with run_environment(settings):
         from cmt_gen.profile.env import fingerprint
 
-        environment = fingerprint(settings.device)
+        environment = {**fingerprint(settings.device), "channel_block_source": block_source}
         device_timer = TorchPartTimer(settings, CalibratedBlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)

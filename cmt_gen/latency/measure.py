@@ -10,6 +10,7 @@ torch is imported inside: this is the only module of the layer that needs it.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 from collections.abc import Callable, Iterator
 
@@ -161,6 +162,13 @@ def build_part(part: PartShape, options: CalibratedBlockOptions, batch: int):
 # torch's CPU capability (what its kernels dispatch to) -> the channel block of oneDNN's layouts there:
 # the fp32 lanes of one vector register. Checked in that order ("AVX512" before "AVX2").
 CHANNEL_BLOCKS = (("AVX512", 16), ("SVE512", 16), ("AVX2", 8), ("SVE256", 8))
+# The variables that cap oneDNN's instruction set for a process (oneDNN reads the first it finds), and the
+# values it takes (x86) -> its channel block there (its SSE4.1 and AVX kernels block by 8 as AVX2's do).
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+ONEDNN_ISA_BLOCKS = {**dict.fromkeys(("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"), 8),
+                     **dict.fromkeys(("AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16",
+                                      "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
+                                      "AVX10_1_512_AMX_FP16"), 16)}
 
 
 def channel_block_of(capability: str) -> int:
@@ -171,20 +179,52 @@ def channel_block_of(capability: str) -> int:
 
 
 def device_channel_block(device_type: str) -> tuple[int, str]:
-    """The channel block of the device's kernels and where it came from (shown by `calibrate`).
+    """The channel block of the device's convolution kernels and where it came from (shown by `calibrate`).
 
-    CPU: from torch's CPU capability (`torch.backends.cpu.get_cpu_capability`, probed: a torch without it
-    gives 1). Other devices: 1, as no blocking was measured there.
+    CPU: oneDNN's layouts follow the widest vector set the CPU has (`torch.cpu._is_avx512_supported`, probed),
+    which `ATEN_CPU_CAPABILITY` does not lower, unless `ONEDNN_MAX_CPU_ISA` caps it; without the probe, torch's
+    CPU capability (`torch.backends.cpu.get_cpu_capability`) stands for the CPU's; a torch with neither gives 1.
+    Other devices: 1, as no blocking was measured there. Why oneDNN's and not ATen's: `benchmarks/NOTES.md`.
     """
     if device_type != "cpu":
         return 1, f"{device_type}: channels as counted"
+    capability = _probed("backends.cpu.get_cpu_capability")
+    widest = "AVX512" if _probed("cpu._is_avx512_supported") else "AVX2" if _probed("cpu._is_avx2_supported") else ""
+    if not (capability or widest):
+        return 1, "cpu capability unknown to this torch: channels as counted"
+    block = channel_block_of(widest or str(capability))
+    source = f"cpu capability {capability}" if capability else f"cpu {widest}"
+    capped, cap = _onednn_cap(block)
+    if cap:
+        return capped, f"{source}; {cap}"
+    if capability and channel_block_of(str(capability)) != block:
+        source += f"; oneDNN runs the CPU's {widest}"
+    return block, source
+
+
+def _onednn_cap(block: int) -> tuple[int, str]:
+    """The block under a cap on oneDNN's instruction set (`ONEDNN_MAX_CPU_ISA=AVX2`), and what was done with
+    the cap ("" for none, or one that does not lower the block)."""
+    variable, limit = next(((v, os.environ[v].strip()) for v in ONEDNN_ISA_VARIABLES
+                            if os.environ.get(v, "").strip()), ("", ""))
+    if not limit or limit.upper() == "ALL":
+        return block, ""
+    capped = ONEDNN_ISA_BLOCKS.get(limit.upper())
+    if capped is None:
+        return block, f"{variable}={limit} is not an instruction set known here, so not applied"
+    if capped < block:
+        return capped, f"oneDNN limited to {limit} by {variable}"
+    return block, ""
+
+
+def _probed(path: str):
+    """`torch.<path>()`, or None where this torch has no such function or it fails (a private probe)."""
     import torch
 
-    probe = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    target = torch
+    for name in path.split("."):
+        target = getattr(target, name, None)
     try:
-        capability = str(probe()) if probe is not None else ""
+        return target() if callable(target) else None
     except Exception:  # noqa: BLE001 - a probe that fails on some build is the same as no probe
-        capability = ""
-    if not capability:
-        return 1, "cpu capability unknown to this torch: channels as counted"
-    return channel_block_of(capability), f"cpu capability {capability}"
+        return None
