@@ -490,6 +490,9 @@ def test_calibrate_command_writes_a_file_predict_can_measure(tmp_path, cli):
                "--min-time", "0", "--networks", "2", "--max-drift", "1", "-o", cal)
     assert made.code == 0, made.err
     assert load_calibration(cal).settings.batch_size == 1
+    # Where the channel block came from, as the probe said (conftest's stand-in here), recorded and printed.
+    assert load_calibration(cal).environment["channel_block_source"] == "channels as counted (tests)"
+    assert "whole blocks of 1 (channels as counted (tests))" in " ".join(made.out.split())
     spec = tmp_path / "tiny.yaml"
     spec.write_text(json.dumps(tiny_spec_dict()))
     out = tmp_path / "rows.json"
