@@ -30,7 +30,7 @@ from cmt_gen.spec.loading import load_spec
 TRUE = {
     "stem": (2e-4, 3e-10, 2e-9),
     "patch": (5e-5, 6e-11, 1e-9, 0.0),
-    "block": (4e-4, 5e-11, 4e-11, 8e-11, 3e-9, 6e-10, 2e-9, 1.5e-9),
+    "block": (4e-4, 5e-11, 4e-11, 8e-11, 3e-9, 6e-10, 2e-9, 1.5e-9, 7e-10),
     "head": (1e-4, 5e-11, 1e-9, 0.0),
 }
 BATCH = 4

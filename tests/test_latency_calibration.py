@@ -72,7 +72,8 @@ def test_networks_teach_the_fit_what_a_unit_of_work_costs_in_context():
     """A device whose blocks' memory-bound work costs 40% more inside a network than alone: with the
     networks weighted into the fit, unseen networks are predicted exactly where parts alone and a single
     factor miss."""
-    in_network = {**TRUE, "block": (*TRUE["block"][:6], 1.4 * TRUE["block"][6], 1.4 * TRUE["block"][7])}
+    in_network = {**TRUE, "block": (*TRUE["block"][:6], 1.4 * TRUE["block"][6], 1.4 * TRUE["block"][7],
+                                    TRUE["block"][8])}
 
     def network_timer(spec):
         return sum(n * sum(c * f for c, f in zip(in_network[p.kind], p.features(BATCH), strict=True))

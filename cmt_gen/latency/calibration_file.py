@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from cmt_gen.devices import KINDS, find
 from cmt_gen.errors import CmtGenError
 from cmt_gen.files import read_bounded
-from cmt_gen.latency.features import FEATURES, PART_KINDS
+from cmt_gen.latency.features import EARLIER_FEATURES, FEATURES, PART_KINDS
 from cmt_gen.spec.schema import BlockOptions, CMTSpec
 
 FORMAT = "cmt-gen-calibration/1"
@@ -146,8 +146,11 @@ class Calibration(_Strict):
         if unknown:
             raise ValueError(f"padded_kinds must name parts among {', '.join(PART_KINDS)}, got {unknown}")
         for kind, model in self.parts.items():
-            if tuple(model.features) != FEATURES[kind]:
-                raise ValueError(f"parts.{kind}.features must be {list(FEATURES[kind])}, got {model.features}")
+            known = (FEATURES[kind], *EARLIER_FEATURES.get(kind, ()))
+            if tuple(model.features) not in known:
+                raise ValueError(f"parts.{kind}.features must be {list(FEATURES[kind])}"
+                                 + "".join(f" (or, in files from before, {list(f)})" for f in known[1:])
+                                 + f", got {model.features}")
         return self
 
     @property

@@ -24,9 +24,24 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "stem": ("calls", "conv_macs", "elements"),
     "patch": ("calls", "conv_macs", "in_elements", "out_elements"),
     "block": ("calls", "linear_macs", "pointwise_macs", "attention_macs", "attention_scores", "reduction_macs",
-              "token_elements", "hidden_elements"),
+              "token_elements", "hidden_elements", "unaligned_scores"),
     "head": ("calls", "conv_macs", "elements", "linear_macs"),
 }
+
+# The feature lists of files written before a feature was added (per kind, oldest first): such a file
+# predicts with the features it was fitted on (`select`), so its predictions do not move.
+EARLIER_FEATURES: dict[str, tuple[tuple[str, ...], ...]] = {"block": (FEATURES["block"][:-1],)}
+# Attention scores whose rows (one per query and head, `n_kv` floats long) are not whole 32-byte vectors:
+# every row then starts off a vector boundary, and the bias add, softmax and matmuls over it run slower
+# per score (`benchmarks/NOTES.md`).
+SCORE_ROW_FLOATS = 8
+
+
+def select(features: tuple[float, ...], kind: str, names: tuple[str, ...] | list[str]) -> tuple[float, ...]:
+    """The entries of a kind's full feature vector that a model fitted on `names` weighs, in its order."""
+    if tuple(names) == FEATURES[kind]:
+        return features
+    return tuple(features[FEATURES[kind].index(name)] for name in names)
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,8 @@ def _block(p: PartShape) -> Counts:
     attention = 2 * n * n_kv * p.c_out  # q k^T and attn v over all heads
     scores = p.heads * n * n_kv  # bias add and softmax
     depthwise = 9 * n * p.hidden + (9 * n * p.c_out if p.lpu else 0)
-    features = (lin.macs, pointwise, attention, scores, kv.macs, n * p.c_out, n * p.hidden)
+    unaligned = scores if n_kv % SCORE_ROW_FLOATS else 0
+    features = (lin.macs, pointwise, attention, scores, kv.macs, n * p.c_out, n * p.hidden, unaligned)
     return features, lin.macs + pointwise + attention + kv.macs + depthwise
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmt_gen.latency.calibration_file import CalibratedBlockOptions, Calibration, CalibrationError, load_calibration
-from cmt_gen.latency.features import PartShape, spec_parts
+from cmt_gen.latency.features import PartShape, select, spec_parts
 from cmt_gen.latency.fit import predict
 
 
@@ -43,7 +43,7 @@ def part_seconds(calibration: Calibration, part: PartShape) -> float:
     its fitted time alone, times the calibration's network factor."""
     model = calibration.parts[part.kind]
     features = part.features(calibration.settings.batch_size, calibration.channel_block, calibration.padded_kinds)
-    return calibration.network_factor * predict(model.coefficients, features)
+    return calibration.network_factor * predict(model.coefficients, select(features, part.kind, model.features))
 
 
 def run_settings(calibration: Calibration) -> dict:
