@@ -75,12 +75,13 @@ def cpu_model() -> str:
 
 
 def cpu_capability() -> str | None:
-    """The vector instruction set torch's CPU kernels use here (e.g. AVX512); None if torch cannot say."""
+    """The vector instruction set torch's CPU kernels use here (e.g. AVX512); None if torch cannot say (a torch
+    without the probe, or a build whose probe fails)."""
     import torch
 
     try:
-        return torch.backends.cpu.get_cpu_capability()
-    except AttributeError:
+        return str(torch.backends.cpu.get_cpu_capability()) or None
+    except Exception:  # noqa: BLE001 - a probe that fails on some build is the same as no probe
         return None
 
 

@@ -188,16 +188,18 @@ def device_channel_block(device_type: str) -> tuple[int, str]:
     """
     if device_type != "cpu":
         return 1, f"{device_type}: channels as counted"
-    capability = _probed("backends.cpu.get_cpu_capability")
+    from cmt_gen.devices.cpu import cpu_capability
+
+    capability = cpu_capability()
     widest = "AVX512" if _probed("cpu._is_avx512_supported") else "AVX2" if _probed("cpu._is_avx2_supported") else ""
     if not (capability or widest):
         return 1, "cpu capability unknown to this torch: channels as counted"
-    block = channel_block_of(widest or str(capability))
+    block = channel_block_of(widest or capability)
     source = f"cpu capability {capability}" if capability else f"cpu {widest}"
     capped, cap = _onednn_cap(block)
     if cap:
         return capped, f"{source}; {cap}"
-    if capability and channel_block_of(str(capability)) != block:
+    if capability and channel_block_of(capability) != block:
         source += f"; oneDNN runs the CPU's {widest}"
     return block, source
 
