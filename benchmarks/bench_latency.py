@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--form", default="deploy", choices=("deploy", "as-built"), help="the form calibrated and profiled")
     p.add_argument("--no-repeat", dest="repeat", action="store_false",
                    help="skip the second calibration that checks repeatability")
+    p.add_argument("--part-passes", type=int, default=None,
+                   help="as calibrate --part-passes (default 1): times each part is timed")
     p.add_argument("--max-drift", type=float, default=None,
                    help="as calibrate --max-drift (default 0.15): refuse a calibration whose machine moved more")
     p.add_argument("--calibration", type=Path, help="reuse this calibration instead of calibrating")
@@ -301,6 +303,7 @@ def calibrate_into(args: argparse.Namespace, path: Path) -> None:
     cal = calibrate(device=args.device, threads=args.threads, batch_size=1 if quick else None, form=args.form,
                     blocks_per_stage=3 if quick else None, min_time=0.0 if quick else None,
                     networks=2 if quick else None, repeats=1 if quick else 3, progress=progress,
+                    part_passes=1 if quick else args.part_passes,
                     max_drift=1.0 if quick else args.max_drift)  # single calls of a tiny budget jitter
     save_calibration(cal, path)
 
@@ -319,7 +322,7 @@ def calibrate_in_child(args: argparse.Namespace, path: Path):
         print(f"calibration failed (exit {child.exitcode})")
         return None
     cal = load_calibration(path)
-    print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} parts and "
+    print(f"calibration {path.name}: {cal.seconds:.1f} s for {len(cal.measurements)} part timings and "
           f"{len(cal.references)} networks; {'/'.join(cal.padded_kinds)} channels in blocks of {cal.channel_block} "
           f"({cal.environment.get('channel_block_source', 'source not recorded')}); "
           f"drift reference {min(d.seconds for d in cal.drift) * 1000:.0f}-"

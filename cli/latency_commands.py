@@ -52,6 +52,9 @@ def calibrate(
     min_time: float = typer.Option(None, "--min-time", help="Seconds per timed repeat of each block (default 0.15)."),
     networks: int = typer.Option(None, "--networks", help="Whole networks drawn over the design space and timed "
                                                           "into the fit (default 24; 0: parts alone)."),
+    part_passes: int = typer.Option(None, "--part-passes", help="Times each part is timed, each at its own place "
+                                                                "in the run (default 1; each more adds about "
+                                                                "a minute on a 2-core CPU)."),
     max_drift: float = typer.Option(None, "--max-drift", help="Refuse the run if the machine's speed moves more "
                                                               "than this fraction while calibrating (default "
                                                               "0.15)."),
@@ -69,8 +72,8 @@ def calibrate(
     with StepReport("calibrating") as progress:
         calibration = run_calibration(device=device, precision=precision, batch_size=batch_size, threads=threads,
                                       form=form, allocator=allocator, blocks_per_stage=blocks, min_time=min_time,
-                                      networks=networks, max_drift=max_drift, channel_block=channel_block,
-                                      progress=progress)
+                                      networks=networks, part_passes=part_passes, max_drift=max_drift,
+                                      channel_block=channel_block, progress=progress)
     save_calibration(calibration, output)
     s = calibration.settings
     table = Table(title=f"latency model of {literal(calibration.machine)} ({s.device}, {s.precision}, batch "

@@ -158,6 +158,7 @@ CASES: list[tuple[str, list[str], int, str]] = [
     # ---- knobs of the newer commands (round 2)
     ("knob-calibrate-billion-blocks", ["calibrate", "--blocks", "1000000000", "-o", "c.json"], 2, "from 3 to 1000"),
     ("knob-calibrate-min-time-1e12", ["calibrate", "--min-time", "1e12", "-o", "c.json"], 2, "from 0 to 60"),
+    ("knob-calibrate-part-passes-0", ["calibrate", "--part-passes", "0", "-o", "c.json"], 2, "from 1 to 10"),
     ("knob-export-threads-4096", ["export", "tiny.yaml", "-f", "torchscript", "-o", "m.pt", "--threads", "4096"],
      2, "would only measure contention"),
     ("knob-profile-billion-compare", ["compare", "tiny.yaml", "--profile", "huge_rate.json"], 2, "no record"),

@@ -148,6 +148,36 @@ def test_one_disturbed_reference_timing_moves_no_correction():
     assert smoothed([1.0, 3.0]) == [1.0, 3.0] and smoothed([1.0, 2.0, 3.0, 4.0]) == [1.0, 2.0, 3.0, 4.0]
 
 
+def test_every_part_is_timed_in_each_pass_at_its_own_place():
+    """Two passes: each planned part timed twice, not back to back, and both timings are rows of the fit."""
+    order: list = []
+
+    def recording(part):
+        order.append(part)
+        return fake_timer(part)
+
+    one = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=6, networks=2, timer=recording,
+                    network_timer=parts_sum, part_passes=1)
+    shapes = list(order)
+    order.clear()
+    two = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=6, networks=2, timer=recording,
+                    network_timer=parts_sum, part_passes=2)
+    assert sorted(map(repr, order)) == sorted(map(repr, shapes * 2))
+    assert len(two.measurements) == 2 * len(one.measurements) == 2 * len(shapes)
+    assert sum(a == b for a, b in zip(order, order[1:], strict=False)) < len(shapes) // 4  # not back to back
+    assert {k: m.samples for k, m in two.parts.items()} == {k: 2 * m.samples for k, m in one.parts.items()}
+    for spec in ("cmt_ti", "cmt_b"):  # consistent timings: the same model either way
+        assert predict_latency(spec, two).seconds == pytest.approx(predict_latency(spec, one).seconds, rel=1e-6)
+
+
+@pytest.mark.parametrize("passes", [0, 11, True, 1.5])
+def test_part_passes_out_of_range_are_refused(passes):
+    with pytest.raises(CalibrationError, match="from 1 to 10") as caught:
+        calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, networks=0, timer=fake_timer,
+                  part_passes=passes)
+    assert caught.value.field == "part_passes"
+
+
 def test_files_without_drift_read_as_before():
     made = calibrate(device="cpu", batch_size=BATCH, threads=1, blocks_per_stage=3, networks=2, timer=fake_timer,
                      network_timer=parts_sum)

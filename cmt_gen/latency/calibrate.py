@@ -77,11 +77,17 @@ REFERENCE_NETWORKS: tuple[tuple[str, str, list[str]], ...] = (
 )
 DEFAULT_BLOCKS_PER_STAGE = 24
 DEFAULT_MIN_TIME = 0.15  # seconds per timed repeat of a block (three repeats, the median kept)
+# How many times every part is timed, each at its own place in the shuffled run, each timing a row of the
+# fit. More passes steady the fit against short bursts of other load, but on a shared VM most of what moves
+# one calibration against the next is the machine's state over minutes, which no pass inside one run sees:
+# two passes cost about 60% more time for little gain (`benchmarks/NOTES.md`, "Parts timed twice").
+DEFAULT_PART_PASSES = 1
 # Upper bounds of the two knobs: far beyond a useful calibration (the default takes minutes), short of
 # one that fills memory with its plan or never ends.
 MAX_BLOCKS_PER_STAGE = 1000
 MAX_MIN_TIME = 60.0
 MAX_NETWORKS = 500
+MAX_PART_PASSES = 10
 MAX_CHANNEL_BLOCK = 64
 
 PartTimer = Callable[[PartShape], float]
@@ -157,7 +163,8 @@ def fit_parts(measured: list[tuple[PartShape, float]], batch_size: int,
 def calibrate(*, device: str = "auto", precision: str | None = None, batch_size: int | None = None,
               threads: int | None = None, form: str = "deploy", allocator: str = "auto",
               blocks_per_stage: int | None = None, min_time: float | None = None, repeats: int = 3,
-              networks: int | None = None, network_weight: float = NETWORK_WEIGHT, max_drift: float | None = None,
+              networks: int | None = None, part_passes: int | None = None,
+              network_weight: float = NETWORK_WEIGHT, max_drift: float | None = None,
               channel_block: int | None = None, seed: int = 0, timer: PartTimer | None = None,
               network_timer: NetworkTimer | None = None, progress: Progress | None = None) -> Calibration:
     """Measure the planned building blocks and whole networks on the device, fit, return the calibration.
@@ -166,7 +173,8 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     (batch 8 on CPU by default). `timer` replaces the device measurement
     (seconds per call of a part) and `network_timer` that of whole networks
     (the reference networks, the `networks` drawn ones and the drift reference);
-    tests pass synthetic ones. A `timer` without a `network_timer` times no
+    tests pass synthetic ones. Every part is timed `part_passes` times (default
+    `DEFAULT_PART_PASSES`), each at its own place in the shuffled run. A `timer` without a `network_timer` times no
     network: the fit is on parts alone and the network factor stays 1.
     `channel_block` (default: the device's, `measure.device_channel_block`)
     is how many channels its kernels work on at once; features count
@@ -181,9 +189,11 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     blocks_per_stage = DEFAULT_BLOCKS_PER_STAGE if blocks_per_stage is None else blocks_per_stage
     min_time = DEFAULT_MIN_TIME if min_time is None else min_time
     networks = DEFAULT_NETWORKS if networks is None else networks
+    part_passes = DEFAULT_PART_PASSES if part_passes is None else part_passes
     max_drift = drift_rules.MAX_DRIFT if max_drift is None else max_drift
     _check_whole(blocks_per_stage, 3, MAX_BLOCKS_PER_STAGE, "blocks")
     _check_whole(networks, 0, MAX_NETWORKS, "networks")
+    _check_whole(part_passes, 1, MAX_PART_PASSES, "part_passes")
     if not (math.isfinite(min_time) and 0 <= min_time <= MAX_MIN_TIME):
         raise CalibrationError(f"must be a number of seconds from 0 to {MAX_MIN_TIME:g}, got {min_time}",
                                field="min_time")
@@ -204,7 +214,7 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
         device_timer = TorchPartTimer(settings, CalibratedBlockOptions(), min_time=min_time, repeats=repeats, form=form)
         measure = timer or device_timer
         whole = network_timer or (None if timer else device_timer.network)
-        plan = _plan(blocks_per_stage, networks if whole else None, seed)
+        plan = _plan(blocks_per_stage, networks if whole else None, seed, part_passes)
         timed = _time_plan(plan, measure, whole, seed, progress)
         drift = correct_drift(timed, max_drift)
         parts = [(item, seconds) for item, seconds in zip(plan, timed.seconds, strict=True)
@@ -247,11 +257,12 @@ class Network:
     spec: object  # CMTSpec
 
 
-def _plan(blocks_per_stage: int, networks: int | None, seed: int) -> list:
-    """Parts, then the reference networks and `networks` drawn ones (None: no network is timed at all)."""
+def _plan(blocks_per_stage: int, networks: int | None, seed: int, part_passes: int = 1) -> list:
+    """Parts (each `part_passes` times), then the reference networks and `networks` drawn ones (None: no
+    network is timed at all)."""
     from cmt_gen.spec.loading import load_spec
 
-    plan: list = list(plan_parts(blocks_per_stage, seed))
+    plan: list = list(plan_parts(blocks_per_stage, seed)) * part_passes
     if networks is None:
         return plan
     plan += [Network(name, load_spec(base, overrides or None)) for name, base, overrides in REFERENCE_NETWORKS]
