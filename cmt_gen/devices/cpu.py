@@ -74,6 +74,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# Environment variables that lower the instruction set a process's kernels use on this same CPU: oneDNN's
+# (convolutions, linear layers; it reads the first one set) and ATen's (its own kernels). A timing or a
+# calibration holds only under the caps it was made with (`benchmarks/NOTES.md`, the oneDNN ISA sweep).
+INSTRUCTION_SET_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def instruction_set_caps(environ=None) -> dict[str, str]:
+    """The caps set in this process's environment, as set (empty values ignored). Torch-free."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    return {name: environ[name].strip() for name in INSTRUCTION_SET_CAPS if environ.get(name, "").strip()}
+
+
 def cpu_capability() -> str | None:
     """The vector instruction set torch's CPU kernels use here (e.g. AVX512); None if torch cannot say (a torch
     without the probe, or a build whose probe fails)."""

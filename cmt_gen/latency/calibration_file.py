@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cmt_gen.devices import KINDS, find
+from cmt_gen.devices.cpu import instruction_set_caps
 from cmt_gen.errors import CmtGenError
 from cmt_gen.files import read_bounded
 from cmt_gen.latency.features import EARLIER_FEATURES, FEATURES, PART_KINDS
@@ -242,6 +243,14 @@ def current_machine(device_type: str) -> str | None:
     return device.machine_name() if device is not None else None
 
 
+def _normalised(caps: dict) -> dict[str, str]:
+    return {str(k): str(v).strip().upper() for k, v in caps.items() if str(v).strip()}
+
+
+def _caps_text(caps: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(caps.items())) if caps else "no instruction-set cap"
+
+
 def check_compatible(calibration: Calibration, *, source: str = "calibration", device: str | None = None,
                      precision: str | None = None, batch_size: int | None = None, threads: int | None = None,
                      force: bool = False) -> list[str]:
@@ -258,6 +267,13 @@ def check_compatible(calibration: Calibration, *, source: str = "calibration", d
     machine = current_machine(s.device_type)
     if machine is not None and machine != calibration.machine:
         problems.append(("machine", f"calibrated on {calibration.machine!r}, this machine is {machine!r}"))
+    held_caps = calibration.environment.get("instruction_set_caps")
+    if s.device_type == "cpu" and isinstance(held_caps, dict):  # files from before record none: not compared
+        now_caps = instruction_set_caps()
+        if _normalised(held_caps) != _normalised(now_caps):
+            problems.append(("environment.instruction_set_caps",
+                             f"calibrated with {_caps_text(held_caps)}, this process runs with {_caps_text(now_caps)} "
+                             "(they change which CPU kernels run)"))
     torch_version = installed_torch_version()
     if torch_version is not None and torch_version != calibration.torch_version:
         problems.append(("torch_version", f"calibrated with torch {calibration.torch_version}, "

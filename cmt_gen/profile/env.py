@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cmt_gen.devices import device_for, find
-from cmt_gen.devices.cpu import cpu_capability, cpu_model
+from cmt_gen.devices.cpu import cpu_capability, cpu_model, instruction_set_caps
 
 __all__ = ["LoadMeter", "busy_warning", "cpu_busy_fraction", "cpu_model", "default_threads", "fingerprint",
            "free_cores", "load_average", "with_default_threads"]
@@ -173,6 +173,7 @@ def fingerprint(device: str) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": cpu_capability(),
+        "instruction_set_caps": instruction_set_caps(),
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cuda_runtime": torch.version.cuda,
