@@ -64,6 +64,15 @@ def test_other_caps_are_refused_in_one_line_or_warned_when_forced(no_caps, made_
     assert warning.startswith("environment.instruction_set_caps: calibrated with") and "forced" in warning
 
 
+def test_a_files_odd_caps_are_shown_on_one_bounded_line(no_caps):
+    data = json.loads(_calibration().to_json())
+    data["environment"]["instruction_set_caps"] = {"ONEDNN_MAX_CPU_ISA": "AVX2\nTraceback" + "x" * 500}
+    with pytest.raises(CalibrationError) as caught:
+        check_compatible(calibration_from_dict(data))
+    message = str(caught.value)
+    assert "\n" not in message and "ONEDNN_MAX_CPU_ISA=AVX2?Traceback" in message and "x" * 40 not in message
+
+
 def test_files_from_before_the_caps_were_recorded_are_not_compared(no_caps):
     data = json.loads(_calibration().to_json())
     data["environment"].pop("instruction_set_caps")

@@ -88,6 +88,16 @@ def instruction_set_caps(environ=None) -> dict[str, str]:
     return {name: environ[name].strip() for name in INSTRUCTION_SET_CAPS if environ.get(name, "").strip()}
 
 
+def caps_text(caps: dict) -> str:
+    """Caps as one line of `NAME=value` (a file's values bounded and printable), or that there is none."""
+    def clean(text) -> str:
+        return "".join(c if c.isprintable() and not c.isspace() else "?" for c in str(text))[:40]
+
+    if not caps:
+        return "no instruction-set cap"
+    return " ".join(f"{clean(k)}={clean(v)}" for k, v in sorted(caps.items(), key=lambda kv: str(kv[0])))
+
+
 def cpu_capability() -> str | None:
     """The vector instruction set torch's CPU kernels use here (e.g. AVX512); None if torch cannot say (a torch
     without the probe, or a build whose probe fails)."""

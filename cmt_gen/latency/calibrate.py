@@ -174,8 +174,9 @@ def calibrate(*, device: str = "auto", precision: str | None = None, batch_size:
     (seconds per call of a part) and `network_timer` that of whole networks
     (the reference networks, the `networks` drawn ones and the drift reference);
     tests pass synthetic ones. Every part is timed `part_passes` times (default
-    `DEFAULT_PART_PASSES`), each at its own place in the shuffled run. A `timer` without a `network_timer` times no
-    network: the fit is on parts alone and the network factor stays 1.
+    `DEFAULT_PART_PASSES`), each at its own place in the shuffled run. A
+    `timer` without a `network_timer` times no network: the fit is on parts
+    alone and the network factor stays 1.
     `channel_block` (default: the device's, `measure.device_channel_block`)
     is how many channels its kernels work on at once; features count
     channels in whole blocks of it.

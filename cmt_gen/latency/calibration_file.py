@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cmt_gen.devices import KINDS, find
-from cmt_gen.devices.cpu import instruction_set_caps
+from cmt_gen.devices.cpu import caps_text, instruction_set_caps
 from cmt_gen.errors import CmtGenError
 from cmt_gen.files import read_bounded
 from cmt_gen.latency.features import EARLIER_FEATURES, FEATURES, PART_KINDS
@@ -247,10 +247,6 @@ def _normalised(caps: dict) -> dict[str, str]:
     return {str(k): str(v).strip().upper() for k, v in caps.items() if str(v).strip()}
 
 
-def _caps_text(caps: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(caps.items())) if caps else "no instruction-set cap"
-
-
 def check_compatible(calibration: Calibration, *, source: str = "calibration", device: str | None = None,
                      precision: str | None = None, batch_size: int | None = None, threads: int | None = None,
                      force: bool = False) -> list[str]:
@@ -272,7 +268,7 @@ def check_compatible(calibration: Calibration, *, source: str = "calibration", d
         now_caps = instruction_set_caps()
         if _normalised(held_caps) != _normalised(now_caps):
             problems.append(("environment.instruction_set_caps",
-                             f"calibrated with {_caps_text(held_caps)}, this process runs with {_caps_text(now_caps)} "
+                             f"calibrated with {caps_text(held_caps)}, this process runs with {caps_text(now_caps)} "
                              "(they change which CPU kernels run)"))
     torch_version = installed_torch_version()
     if torch_version is not None and torch_version != calibration.torch_version:

@@ -59,7 +59,9 @@ def run_settings(calibration: Calibration) -> dict:
         steps.append(f"{RETAIN_ENVIRONMENT} in the environment (glibc; or jemalloc/tcmalloc preloaded)")
     caps = calibration.environment.get("instruction_set_caps") if s.device_type == "cpu" else None
     if caps and isinstance(caps, dict):
-        steps.append(" ".join(f"{k}={v}" for k, v in sorted(caps.items())) + " in the environment (as calibrated)")
+        from cmt_gen.devices.cpu import caps_text
+
+        steps.append(f"{caps_text(caps)} in the environment (as calibrated)")
     return {"device": s.device, "machine": calibration.machine, "precision": s.precision,
             "batch_size": s.batch_size, "threads": s.threads, "form": s.form, "allocator": s.allocator,
             "torch": calibration.torch_version, "calibrated": calibration.created,
