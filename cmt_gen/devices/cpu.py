@@ -77,7 +77,8 @@ def cpu_model() -> str:
 # Environment variables that lower the instruction set a process's kernels use on this same CPU: oneDNN's
 # (convolutions, linear layers; it reads the first one set) and ATen's (its own kernels). A timing or a
 # calibration holds only under the caps it was made with (`benchmarks/NOTES.md`, the oneDNN ISA sweep).
-INSTRUCTION_SET_CAPS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+INSTRUCTION_SET_CAPS = (*ONEDNN_ISA_VARIABLES, "ATEN_CPU_CAPABILITY")
 
 
 def instruction_set_caps(environ=None) -> dict[str, str]:

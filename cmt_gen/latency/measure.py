@@ -10,10 +10,10 @@ torch is imported inside: this is the only module of the layer that needs it.
 from __future__ import annotations
 
 import contextlib
-import os
 import statistics
 from collections.abc import Callable, Iterator
 
+from cmt_gen.devices.cpu import ONEDNN_ISA_VARIABLES, instruction_set_caps
 from cmt_gen.latency.calibration_file import CalibratedBlockOptions
 from cmt_gen.latency.features import PartShape
 from cmt_gen.profile.settings import ProfileSettings
@@ -162,9 +162,8 @@ def build_part(part: PartShape, options: CalibratedBlockOptions, batch: int):
 # torch's CPU capability (what its kernels dispatch to) -> the channel block of oneDNN's layouts there:
 # the fp32 lanes of one vector register. Checked in that order ("AVX512" before "AVX2").
 CHANNEL_BLOCKS = (("AVX512", 16), ("SVE512", 16), ("AVX2", 8), ("SVE256", 8))
-# The variables that cap oneDNN's instruction set for a process (oneDNN reads the first it finds), and the
-# values it takes (x86) -> its channel block there (its SSE4.1 and AVX kernels block by 8 as AVX2's do).
-ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# The values that cap oneDNN's instruction set (`devices.cpu.ONEDNN_ISA_VARIABLES`; x86) -> its channel block
+# there (its SSE4.1 and AVX kernels block by 8 as AVX2's do).
 ONEDNN_ISA_BLOCKS = {**dict.fromkeys(("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2"), 8),
                      **dict.fromkeys(("AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_BF16", "AVX512_CORE_FP16",
                                       "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512", "AVX10_1_512_AMX",
@@ -207,8 +206,8 @@ def device_channel_block(device_type: str) -> tuple[int, str]:
 def _onednn_cap(block: int) -> tuple[int, str]:
     """The block under a cap on oneDNN's instruction set (`ONEDNN_MAX_CPU_ISA=AVX2`), and what was done with
     the cap ("" for none, or one that does not lower the block)."""
-    variable, limit = next(((v, os.environ[v].strip()) for v in ONEDNN_ISA_VARIABLES
-                            if os.environ.get(v, "").strip()), ("", ""))
+    caps = instruction_set_caps()  # oneDNN reads the first of its variables that is set
+    variable, limit = next(((v, caps[v]) for v in ONEDNN_ISA_VARIABLES if v in caps), ("", ""))
     if not limit or limit.upper() == "ALL":
         return block, ""
     capped = ONEDNN_ISA_BLOCKS.get(limit.upper())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cmt_gen.devices.cpu import caps_text
 from cmt_gen.latency.calibration_file import CalibratedBlockOptions, Calibration, CalibrationError, load_calibration
 from cmt_gen.latency.features import PartShape, select, spec_parts
 from cmt_gen.latency.fit import predict
@@ -59,8 +60,6 @@ def run_settings(calibration: Calibration) -> dict:
         steps.append(f"{RETAIN_ENVIRONMENT} in the environment (glibc; or jemalloc/tcmalloc preloaded)")
     caps = calibration.environment.get("instruction_set_caps") if s.device_type == "cpu" else None
     if caps and isinstance(caps, dict):
-        from cmt_gen.devices.cpu import caps_text
-
         steps.append(f"{caps_text(caps)} in the environment (as calibrated)")
     return {"device": s.device, "machine": calibration.machine, "precision": s.precision,
             "batch_size": s.batch_size, "threads": s.threads, "form": s.form, "allocator": s.allocator,
